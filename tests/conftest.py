@@ -1,0 +1,29 @@
+"""Shared set-up for the pytest suite: offline, a private data home, and stand-in weights."""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).parent
+sys.path.insert(0, str(TESTS))
+import offline  # noqa: E402
+
+offline.install()
+
+@pytest.fixture(scope='session')
+def subprocess_env(tmp_path_factory):
+    "Environment for subprocesses: offline too, a private PETBREEDS_HOME, stand-in weights' TORCH_HOME"
+    from petbreeds.testing import use_standin_weights
+    env = dict(os.environ)
+    env['PYTHONPATH'] = os.pathsep.join([str(TESTS/'offline_site')] + [p for p in [env.get('PYTHONPATH')] if p])
+    env['PETBREEDS_HOME'] = str(tmp_path_factory.mktemp('petbreeds_home'))
+    env['TORCH_HOME'] = str(use_standin_weights('resnet18'))
+    env['PYTHONUNBUFFERED'] = '1'
+    env.pop('CUDA_VISIBLE_DEVICES', None)
+    return env
+
+@pytest.fixture(autouse=True)
+def private_home(tmp_path, monkeypatch):
+    "Each test gets its own PETBREEDS_HOME, so nothing leaks into ~/.fastai or between tests"
+    monkeypatch.setenv('PETBREEDS_HOME', str(tmp_path/'petbreeds_home'))
