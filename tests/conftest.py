@@ -27,3 +27,7 @@ def subprocess_env(tmp_path_factory):
 def private_home(tmp_path, monkeypatch):
     "Each test gets its own PETBREEDS_HOME, so nothing leaks into ~/.fastai or between tests"
     monkeypatch.setenv('PETBREEDS_HOME', str(tmp_path/'petbreeds_home'))
+
+def pytest_configure(config):
+    # fastai's import calls torch.jit.script, which torch 2.14 deprecates: noise, not a finding
+    config.addinivalue_line('filterwarnings', 'ignore:`torch.jit.script` is deprecated:FutureWarning')

@@ -7,18 +7,21 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 
 ROOT = Path(__file__).parents[1]
 
 def pins():
+    "Every requirement in settings.ini that constrains a version"
     cfg = configparser.ConfigParser(delimiters=['='])
     cfg.read(ROOT/'settings.ini')
-    reqs = cfg['DEFAULT']['requirements'].split() + cfg['DEFAULT']['dev_requirements'].split()
-    return [tuple(r.split('==')) for r in reqs if '==' in r]
+    reqs = [Requirement(r) for key in ('requirements', 'dev_requirements') for r in cfg['DEFAULT'][key].split()]
+    return [r for r in reqs if r.specifier]
 
-@pytest.mark.parametrize('name,version', pins())
-def test_installed_version_matches_the_pin(name, version):
-    assert metadata.version(name).split('+')[0] == version, f"{name} drifted from its pin in settings.ini"
+@pytest.mark.parametrize('req', pins(), ids=str)
+def test_installed_version_satisfies_the_pin(req):
+    installed = metadata.version(req.name).split('+')[0]
+    assert req.specifier.contains(installed, prereleases=True), f"{req.name} {installed} drifted from '{req}' in settings.ini"
 
 def test_nbdev_and_fastai_import_together():
     code = ("import nbdev, nbdev.test, execnb.nbio, fastcore.script; from fastcore.script import Param; "

@@ -1,0 +1,121 @@
+"""get_pets against a loopback server, and `petbreeds check` end to end."""
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from petbreeds.core import PetbreedsError
+from petbreeds.data import BREEDS, get_pets, pets_dataloaders, check_images
+from petbreeds.testing import BAD_QUIRKS, pets_archive, serve_folder, synthetic_pets
+from test_cli import assert_one_line_error, petbreeds_cmd
+
+def snapshot(folder):
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(folder).rglob('*'))}
+
+@pytest.fixture(scope='module')
+def served(tmp_path_factory):
+    "A folder served on loopback holding a good archive, a corrupt one and a truncated one"
+    root = tmp_path_factory.mktemp('served')
+    good = pets_archive(root/'oxford-iiit-pet.tgz', per_class=2, size=48)
+    (root/'corrupt').mkdir(); (root/'corrupt'/'oxford-iiit-pet.tgz').write_bytes(b'not a gzip file at all' * 100)
+    data = good.read_bytes()
+    (root/'short').mkdir(); (root/'short'/'oxford-iiit-pet.tgz').write_bytes(data[:len(data) // 2])
+    (root/'empty').mkdir(); pets_archive(root/'empty'/'build.tgz', per_class=1, size=32)
+    return root
+
+def test_download_unpacks_once_and_second_call_makes_no_request(served, tmp_path):
+    with serve_folder(served) as server:
+        url = server.url + 'oxford-iiit-pet.tgz'
+        images = get_pets(tmp_path, url=url)
+        assert images == tmp_path/'oxford-iiit-pet'/'images'
+        assert (tmp_path/'oxford-iiit-pet'/'annotations'/'list.txt').exists()
+        assert len(list(images.glob('*.jpg'))) == 37 * 2
+        assert server.requests == ['/oxford-iiit-pet.tgz']
+        before = snapshot(images)
+        assert get_pets(tmp_path, url=url) == images
+        assert server.requests == ['/oxford-iiit-pet.tgz'], "the second call used the unpacked folder"
+        # and nothing get_pets, check or the DataLoaders did changed the images
+        check_images(images)
+        pets_dataloaders(images, bs=8, size=32, presize=48, num_workers=0, device='cpu').one_batch()
+        assert snapshot(images) == before
+
+def test_url_can_come_from_the_environment(served, tmp_path, monkeypatch):
+    with serve_folder(served) as server:
+        monkeypatch.setenv('PETBREEDS_PETS_URL', server.url + 'oxford-iiit-pet.tgz')
+        monkeypatch.setenv('PETBREEDS_HOME', str(tmp_path/'home'))
+        assert get_pets() == tmp_path/'home'/'oxford-iiit-pet'/'images'
+        assert len(server.requests) == 1
+
+@pytest.mark.parametrize('folder', ['corrupt', 'short'])
+def test_bad_archive_is_a_clear_error_and_leaves_nothing_to_trust(served, tmp_path, folder):
+    with serve_folder(served) as server:
+        with pytest.raises(PetbreedsError, match='corrupt or incomplete') as info:
+            get_pets(tmp_path, url=server.url + f'{folder}/oxford-iiit-pet.tgz')
+    assert 'run again to download it afresh' in str(info.value)
+    assert not (tmp_path/'oxford-iiit-pet').exists(), "no half-unpacked folder"
+    assert not (tmp_path/'archive'/'oxford-iiit-pet.tgz').exists(), "the bad archive was deleted"
+
+def test_download_that_breaks_off_is_a_clear_error(served, tmp_path):
+    with serve_folder(served, cut_at=1000) as server:
+        with pytest.raises(PetbreedsError, match="can't reach the Oxford-IIIT Pet archive") as info:
+            get_pets(tmp_path, url=server.url + 'oxford-iiit-pet.tgz')
+    assert 'retrieval incomplete' in str(info.value)
+    assert not (tmp_path/'oxford-iiit-pet').exists()
+    assert not list((tmp_path/'archive').glob('oxford-iiit-pet.tgz*[!k]')), 'no archive or .part left'
+
+def test_missing_archive_is_a_clear_error(served, tmp_path):
+    with serve_folder(served) as server:
+        with pytest.raises(PetbreedsError, match="404"):
+            get_pets(tmp_path, url=server.url + 'nothing-here.tgz')
+
+def test_offline_real_url_says_what_to_do(tmp_path):
+    with pytest.raises(PetbreedsError) as info:
+        get_pets(tmp_path)
+    msg = str(info.value)
+    assert "can't reach the Oxford-IIIT Pet archive at https://s3.amazonaws.com/fast-ai-imageclas/oxford-iiit-pet.tgz" in msg
+    assert '--demo' in msg and 'folder of Pets images' in msg
+    assert '\n' not in msg
+
+def test_unpacked_folder_without_images_is_not_trusted(tmp_path):
+    (tmp_path/'oxford-iiit-pet'/'annotations').mkdir(parents=True)
+    with pytest.raises(PetbreedsError, match='not an unpacked Pets archive'):
+        get_pets(tmp_path, url='http://127.0.0.1:9/oxford-iiit-pet.tgz')
+
+@pytest.fixture(scope='module')
+def quirky(tmp_path_factory):
+    return synthetic_pets(tmp_path_factory.mktemp('kit')/'images', per_class=2, size=48, quirks=True)
+
+def test_check_names_each_bad_file_and_exits_1(quirky, subprocess_env):
+    before = snapshot(quirky)
+    res = petbreeds_cmd('check', quirky, env=subprocess_env)
+    assert res.returncode == 1, res.stderr
+    for name in [*BAD_QUIRKS, 'IMG_1.jpg']: assert name in res.stdout
+    assert 'Abyssinian_100.mat' in res.stdout  # reported as ignored
+    assert res.stdout.strip().endswith('3 problems found')
+    assert snapshot(quirky) == before
+
+def test_check_json_is_one_document(quirky, subprocess_env):
+    res = petbreeds_cmd('check', quirky, '--json', env=subprocess_env)
+    assert res.returncode == 1
+    doc = json.loads(res.stdout)
+    assert doc['problems'] == 3 and doc['unmatched'] == ['IMG_1.jpg']
+    assert set(doc['unreadable']) == set(BAD_QUIRKS)
+    assert set(doc['per_breed']) == set(BREEDS)
+
+def test_check_clean_folder_exits_0(tmp_path, subprocess_env):
+    clean = synthetic_pets(tmp_path/'images', per_class=1, size=32)
+    res = petbreeds_cmd('check', clean, env=subprocess_env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert 'no problems found' in res.stdout
+
+def test_check_bad_input_exits_2_with_one_line(tmp_path, subprocess_env):
+    assert_one_line_error(petbreeds_cmd('check', tmp_path/'missing', env=subprocess_env), 'is not a folder')
+    (tmp_path/'empty').mkdir()
+    assert_one_line_error(petbreeds_cmd('check', tmp_path/'empty', env=subprocess_env), 'is empty')
+    (tmp_path/'notes').mkdir(); (tmp_path/'notes'/'a.txt').write_text('x')
+    assert_one_line_error(petbreeds_cmd('check', tmp_path/'notes', env=subprocess_env), 'holds no image files')
+
+def test_check_without_dir_offline_says_how_to_go_on(subprocess_env):
+    res = petbreeds_cmd('check', env=subprocess_env)
+    assert_one_line_error(res, "can't reach the Oxford-IIIT Pet archive", '--demo')
