@@ -7,7 +7,7 @@ __all__ = ['SHAPES', 'PATTERNS', 'QUIRKS', 'BAD_QUIRKS', 'MAT_QUIRKS', 'STANDIN_
            'synthetic_pets', 'pets_archive', 'serve_folder', 'standin_home', 'standin_file', 'standin_weights',
            'standin_info', 'use_standin_weights']
 
-# %% ../nbs/00a_testing.ipynb #95c86a6e
+# %% ../nbs/00a_testing.ipynb #d5b5d65b
 import colorsys
 import contextlib
 import fcntl
@@ -27,8 +27,8 @@ import torch
 import torchvision
 from PIL import Image, ImageDraw, ImageFilter
 
-from .core import PetbreedsError
-from .data import BREEDS, CAT_BREEDS, breed_of
+from .core import BREEDS, CAT_BREEDS, PetbreedsError
+from .data import breed_of
 
 # %% ../nbs/00a_testing.ipynb #c49b5df1
 SHAPES = ('ellipse', 'ring', 'rectangle', 'triangle', 'diamond', 'cross', 'star')
