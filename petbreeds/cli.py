@@ -4,7 +4,8 @@
 
 # %% auto #0
 __all__ = ['positive_int', 'non_negative_int', 'positive_float', 'fraction', 'build_parser', 'subcommand', 'run_check',
-           'add_check', 'main']
+           'add_check', 'fraction_or_one', 'config_from_args', 'run_train', 'add_train', 'run_lr_find', 'add_lr_find',
+           'run_evaluate', 'add_evaluate', 'run_predict', 'add_predict', 'run_export', 'add_export', 'main']
 
 # %% ../nbs/05_cli.ipynb #a7bfa420
 import argparse
@@ -94,17 +95,202 @@ def add_check(sub):
     p.add_argument('--json', action='store_true', help='print one JSON document instead of text')
     p.set_defaults(func=run_check)
 
-# %% ../nbs/05_cli.ipynb #46a24267
+# %% ../nbs/05_cli.ipynb #dd5a282a
+from dataclasses import fields
+
+_TRAIN_OPTIONS = {  # option: (type, help); defaults come from TrainConfig (and DEMO with --demo)
+    'data': {'target': (str, "what to predict: breed or species"), 'valid_pct': (None, "share of images held out for validation"),
+             'seed': (None, "seed for the split, the new head and the augmentations")},
+    'presizing': {'size': (None, "pixels: side of the square the model sees"), 'presize': (None, "pixels: side of the square items are cropped to first"),
+                  'min_scale': (None, "smallest share of the item the random crop keeps"), 'bs': (None, "images per batch")},
+    'model': {'arch': (str, "architecture"), 'weights': (str, "starting weights: imagenet, none, or a state-dict file")},
+    'schedule': {'epochs': (None, "epochs with the body unfrozen"), 'freeze_epochs': (None, "epochs with the body frozen, first"),
+                 'lr': (None, "base learning rate, as fastai's fine_tune")},
+    'hardware': {'precision': (str, "auto, fp32, fp16 or bf16"), 'device': (str, "auto, cpu, cuda, cuda:N or mps"),
+                 'num_workers': (None, "data loader processes (default: one per CPU, up to 16)")},
+}
+_TYPES = {'valid_pct': 'fraction', 'seed': 'non_negative_int', 'size': 'positive_int', 'presize': 'positive_int', 'min_scale': 'fraction_or_one',
+          'bs': 'positive_int', 'epochs': 'non_negative_int', 'freeze_epochs': 'non_negative_int', 'lr': 'positive_float', 'num_workers': 'non_negative_int'}
+
+def fraction_or_one(text:str) -> float:
+    "An `argparse` type: a number above 0 and at most 1"
+    value = positive_float(text)
+    if value > 1: raise argparse.ArgumentTypeError(f"expected a number above 0 and at most 1, got {text}")
+    return value
+
+def _add_train_options(p):
+    from petbreeds.runs import DEMO, TrainConfig
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    p.add_argument('dir', nargs='?', metavar='DIR', help='folder of Pets-style images (default: download Oxford-IIIT Pet)')
+    p.add_argument('--demo', action='store_true', help='train on synthetic images with stand-in weights, sized for a CPU (offline, about a minute)')
+    for group, options in _TRAIN_OPTIONS.items():
+        g = p.add_argument_group(group)
+        for name, (typ, text) in options.items():
+            typ = globals()[_TYPES[name]] if name in _TYPES else typ
+            demo = f"; --demo: {DEMO[name]}" if name in DEMO else ''
+            default = f" (default: {defaults[name]}{demo})" if defaults[name] is not None else ''
+            g.add_argument('--' + name.replace('_', '-'), dest=name, type=typ, default=None, metavar=name.upper().replace('_', '-'),
+                           help=text + default)
+    choices = {'target': ('breed', 'species'), 'precision': ('auto', 'fp32', 'fp16', 'bf16')}
+    for action in p._actions:
+        if action.dest in choices: action.choices = choices[action.dest]
+    p.add_argument('--out', metavar='DIR', help='the run folder (default: runs/<date>-<time>-<arch>)')
+
+def config_from_args(args, parser=None):
+    "A `TrainConfig` from parsed arguments: its defaults, then --demo's, then the options given"
+    from petbreeds.runs import DEMO, TrainConfig
+    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
+    if getattr(args, 'dir', None) is not None:
+        if args.demo: (parser or _Parser()).error("--demo trains on the synthetic kit: drop DIR, or drop --demo")
+        given['images'] = args.dir
+    base = {**DEMO, 'demo': True} if args.demo else {}
+    return TrainConfig(**{**base, **given})
+
+# %% ../nbs/05_cli.ipynb #b5c4270a
+def run_train(args) -> int:
+    "Train, writing a run folder; print where it is and the final numbers"
+    from petbreeds.runs import TrainConfig, train
+    if args.resume:
+        if args.out is None: args._parser.error("--resume needs --out, the folder of the run to continue")
+        extra = [f"--{f.name.replace('_', '-')}" for f in fields(TrainConfig) if getattr(args, f.name, None) is not None]
+        if args.demo: extra.append('--demo')
+        if args.dir is not None: extra.append('DIR')
+        if extra: args._parser.error(f"--resume continues the run with its saved options: drop {', '.join(extra)}")
+        cfg = None
+    else: cfg = config_from_args(args, args._parser)
+    if cfg is not None and cfg.demo:
+        print("petbreeds: demo: synthetic pet images and stand-in pretrained weights, small sizes for a CPU; "
+              "the first run also builds the stand-ins (about a minute, once per machine)", file=sys.stderr)
+    progress = 'bars' if sys.stdout.isatty() and not args.no_progress else 'lines'
+    try: metrics = train(cfg, out=args.out, resume_run=args.resume, progress=progress)
+    except KeyboardInterrupt:
+        if args.out: print(f"petbreeds: interrupted; continue with: petbreeds train --resume --out {args.out}", file=sys.stderr)
+        else: print("petbreeds: interrupted; its run folder (under runs/) keeps the last finished epoch: continue with petbreeds train --resume --out <that folder>", file=sys.stderr)
+        return 130
+    out = metrics['run_folder']
+    print(f"run folder: {out}")
+    print(f"error_rate {metrics['error_rate']:.4f}  accuracy {metrics['accuracy']:.4f}  valid_loss {metrics['valid_loss']:.4f}  "
+          f"({metrics['epochs']} epochs, {metrics['seconds']:.1f} s)")
+    print(f"model: {out}/model.safetensors   report: {out}/report.html")
+    return 0
+
+@subcommand
+def add_train(sub):
+    p = sub.add_parser('train', help='fine-tune a pretrained ResNet on Pets (or a folder, or --demo) and write a run folder',
+                       description='Fine-tune a pretrained ResNet as the chapter does: one epoch with the body frozen, then the '
+                                   'whole network with discriminative learning rates. Writes model.safetensors, metrics.json, '
+                                   'history.csv, loss.png and report.html into the run folder.')
+    _add_train_options(p)
+    p.add_argument('--resume', action='store_true', help='continue the run in --out from its last finished epoch, with its saved options')
+    p.add_argument('--no-progress', action='store_true', help='one line per epoch instead of progress bars (the default when not on a terminal)')
+    p.set_defaults(func=run_train, _parser=p)
+
+# %% ../nbs/05_cli.ipynb #0974b88b
+def run_lr_find(args) -> int:
+    from petbreeds.runs import lr_find_run
+    cfg = config_from_args(args, args._parser)
+    found = lr_find_run(cfg, args.out)
+    for name, lr in found.items():
+        if name != 'out': print(f"{name:8s} {lr:.2e}")
+    print(f"plot: {found['out']}/lr_find.png")
+    return 0
+
+@subcommand
+def add_lr_find(sub):
+    p = sub.add_parser('lr-find', help="run fastai's LR finder and print its suggestions",
+                       description="Train with a learning rate growing every batch until the loss blows up; print fastai's "
+                                   "valley, slide, minimum and steep suggestions and write lr_find.png (log scale).")
+    _add_train_options(p)
+    p.set_defaults(func=run_lr_find, _parser=p)
+
+# %% ../nbs/05_cli.ipynb #343d7d38
+def run_evaluate(args) -> int:
+    from petbreeds.runs import evaluate_model
+    res = evaluate_model(args.model, args.dir, tta=args.tta, out=args.out)
+    if args.json:
+        print(json.dumps(res, indent=1))
+        return 0
+    pct = lambda v: '-' if v is None else f"{v:.4f}"
+    print(f"{res['images']} images ({res['split']} of {res['images_folder']})")
+    print(f"error_rate {pct(res['error_rate'])}  accuracy {pct(res['accuracy'])}  species_error {pct(res['species_error'])}  ECE {pct(res['ece'])}")
+    if 'tta' in res:
+        t = res['tta']
+        print(f"with TTA:  error_rate {pct(t['error_rate'])}  accuracy {pct(t['accuracy'])}  species_error {pct(t['species_error'])}  ECE {pct(t['ece'])}")
+    if res['most_confused']:
+        print("most confused (actual -> predicted: images):")
+        for a, p, n in res['most_confused']: print(f"  {a} -> {p}: {n}")
+    print(f"plots and tables: {res['out']}")
+    return 0
+
+@subcommand
+def add_evaluate(sub):
+    p = sub.add_parser('evaluate', help="measure a saved model: error rate, species error, calibration, confused pairs",
+                       description='Evaluate MODEL on the validation split it was trained with (from its run folder) or on every '
+                                   'labelled image in DIR. Writes confusion.png, top_losses.png, calibration.png, per_breed.csv '
+                                   'and evaluation.json.')
+    p.add_argument('model', metavar='MODEL', help='a model.safetensors from a run folder')
+    p.add_argument('dir', nargs='?', metavar='DIR', help="labelled images (default: the model's own validation split)")
+    p.add_argument('--tta', action='store_true', help="also evaluate with fastai's test-time augmentation")
+    p.add_argument('--json', action='store_true', help='print one JSON document and nothing else')
+    p.add_argument('--out', metavar='DIR', help='where to write plots and tables (default: evaluation/ beside MODEL)')
+    p.set_defaults(func=run_evaluate)
+
+# %% ../nbs/05_cli.ipynb #52046092
+def run_predict(args) -> int:
+    from petbreeds.inference import Predictor
+    predictor = Predictor.from_file(args.model, backend=args.backend)
+    results = predictor.predict(args.images, top_k=args.top_k, tta=args.tta, errors='keep')
+    failed = 0
+    for r in results:
+        if 'error' in r:
+            failed += 1
+            print(f"petbreeds: error: {r['error']}", file=sys.stderr)
+            if args.json: print(json.dumps(r))
+            continue
+        if args.json: print(json.dumps(r)); continue
+        top = ', '.join(f"{p['label']} {p['probability']:.3f}" for p in r['predictions'])
+        species = f" ({r['species']} {r['species_probability']:.3f})" if 'species' in r else ''
+        print(f"{r['image']}: {top}{species}")
+    return 1 if failed else 0
+
+@subcommand
+def add_predict(sub):
+    p = sub.add_parser('predict', help='top breeds of each image, with a saved model (no training stack needed)',
+                       description="Predict each IMAGE's top-k classes and species with MODEL (a model.safetensors, or a .onnx "
+                                   "from petbreeds export). Exit code 1 if any image could not be read.")
+    p.add_argument('model', metavar='MODEL', help='model.safetensors, or a .onnx from petbreeds export')
+    p.add_argument('images', nargs='+', metavar='IMAGE', help='image files')
+    p.add_argument('--top-k', type=positive_int, default=3, metavar='K', help='classes to show per image (default: 3)')
+    p.add_argument('--tta', action='store_true', help='average with the mirror image')
+    p.add_argument('--backend', choices=('auto', 'torch', 'onnx'), default='auto', help='engine (default: auto, by the file kind)')
+    p.add_argument('--json', action='store_true', help='one JSON object per image per line')
+    p.set_defaults(func=run_predict)
+
+# %% ../nbs/05_cli.ipynb #c613399c
+def run_export(args) -> int:
+    from petbreeds.inference import export_onnx
+    print(export_onnx(args.model, args.onnx))
+    return 0
+
+@subcommand
+def add_export(sub):
+    p = sub.add_parser('export', help='export a model to ONNX for serving with ONNX Runtime',
+                       description='Write MODEL as ONNX (dynamic batch size, weights inside, metadata embedded).')
+    p.add_argument('model', metavar='MODEL', help='a model.safetensors')
+    p.add_argument('--onnx', required=True, metavar='FILE', help='the .onnx file to write')
+    p.set_defaults(func=run_export)
+
+# %% ../nbs/05_cli.ipynb #66b624a4
 def main(argv:list=None) -> int:
     "Run the `petbreeds` command with `argv` (default: the process's arguments); return the exit code"
+    warnings.formatwarning = _one_line_warning
+    for noise in (FutureWarning, DeprecationWarning):  # libraries' notes to developers, not to the user
+        warnings.filterwarnings('ignore', category=noise)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    warnings.formatwarning = _one_line_warning
-    for noise in (FutureWarning, DeprecationWarning):  # libraries' notes to developers, not to the user
-        warnings.filterwarnings('ignore', category=noise)
     try:
         return int(args.func(args) or 0)
     except PetbreedsError as err:

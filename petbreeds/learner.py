@@ -92,7 +92,7 @@ def pretrained_model(arch:str='resnet34', weights:str='imagenet') -> nn.Module|N
     model.load_state_dict({**model.state_dict(), **{k: v for k, v in state.items() if not k.startswith('fc.')}})
     return model
 
-# %% ../nbs/02_learner.ipynb #8cdd31c9
+# %% ../nbs/02_learner.ipynb #765dfb08
 def _ensure_normalized(dls):
     "Add ImageNet normalisation if `dls` has none (pretrained weights expect it)"
     if not any(isinstance(t, Normalize) for t in dls.after_batch.fs): dls.add_tfms([Normalize.from_stats(*imagenet_stats)], 'after_batch')
@@ -111,7 +111,7 @@ def pets_learner(dls, # DataLoaders, e.g. from `pets_dataloaders`
     source = pretrained_model(arch, weights)
     _ensure_normalized(dls)
     path = Path(path) if path is not None else Path(tempfile.mkdtemp(prefix='petbreeds-learner-'))
-    learn = vision_learner(dls, make, pretrained=False, metrics=metrics or [error_rate, accuracy], path=path, **kwargs)
+    learn = vision_learner(dls, make, pretrained=False, metrics=metrics or [error_rate, accuracy], path=path, model_dir='checkpoints', **kwargs)
     if source is not None:
         learn.model[0].load_state_dict(nn.Sequential(*list(source.children())[:-2]).state_dict())
         learn.freeze()
@@ -221,7 +221,7 @@ def run_stages(learn:Learner, stages:list, start:tuple=(0, 0), # (stage, epoch) 
         learn.fit_one_cycle(stage.epochs, stage.lr, pct_start=stage.pct_start, div=stage.div, start_epoch=skip, cbs=cbs)
     return learn
 
-# %% ../nbs/02_learner.ipynb #1fa25286
+# %% ../nbs/02_learner.ipynb #2820b153
 def _epoch_values(learn) -> dict:
     "This epoch's train loss, valid loss and metrics, from fastai's recorder"
     names = [n for n in learn.recorder.metric_names if n not in ('epoch', 'time')]
@@ -236,7 +236,7 @@ class RunCheckpoints(Callback):
     "Save `last` every epoch and `best` by `monitor` into `folder/checkpoints`, with the progress made"
     order = 70  # after the Recorder (50) has the epoch's metrics
     def __init__(self, folder:str|Path, monitor:str='error_rate', lower_is_better:bool=True):
-        self.folder, self.monitor, self.lower = Path(folder)/'checkpoints', monitor, lower_is_better
+        self.folder, self.monitor, self.lower = Path(folder).resolve()/'checkpoints', monitor, lower_is_better
 
     def before_fit(self):
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -271,7 +271,7 @@ def read_progress(folder:str|Path) -> dict|None:
 class RunHistory(Callback):
     "Append each epoch to `folder/history.csv` and each batch to `folder/batches.csv`"
     order = 71
-    def __init__(self, folder:str|Path): self.folder = Path(folder)
+    def __init__(self, folder:str|Path): self.folder = Path(folder).resolve()
 
     def before_fit(self):
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -291,7 +291,7 @@ class RunHistory(Callback):
     def after_batch(self):
         if self.training:
             self._append('batches.csv', {'stage': self.learn.stage.name if hasattr(self.learn, 'stage') else '',
-                                         'epoch': self.done + 1, 'iteration': self.train_iter,
+                                         'epoch': self.done + 1, 'iteration': self.train_iter, 'loss': round(float(self.loss.detach()), 6),
                                          'smooth_loss': round(float(self.smooth_loss), 6), 'lr': self.opt.hypers[-1]['lr']})
 
     def after_epoch(self):
@@ -302,7 +302,7 @@ class RunHistory(Callback):
         self._append('history.csv', {'epoch': self.done, 'stage': stage, **{k: round(v, 6) for k, v in _epoch_values(self.learn).items()},
                                      'seconds': round(time.perf_counter() - self.started, 2)})
 
-# %% ../nbs/02_learner.ipynb #f48c7422
+# %% ../nbs/02_learner.ipynb #42e4963c
 def resume_point(folder:str|Path, stages:list) -> tuple|None:
     "The (stage, epoch) to start from to finish the run in `folder`, or None if it has no checkpoint"
     progress = read_progress(folder)
@@ -316,5 +316,6 @@ def resume(learn:Learner, folder:str|Path, stages:list, cbs=None) -> Learner:
     "Continue the run in `folder` from its last checkpoint through the rest of `stages`"
     start = resume_point(folder, stages)
     if start is None: raise PetbreedsError(f"'{folder}' has no checkpoint to resume from", "start the run without --resume")
+    if start[0] >= len(stages): raise PetbreedsError(f"the run in '{folder}' is complete: every epoch has a checkpoint", "nothing to resume; start a new run with another --out")
     learn.resume_from = Path(folder)/'checkpoints'/'last'
     return run_stages(learn, stages, start=start, cbs=cbs)
