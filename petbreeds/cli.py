@@ -146,21 +146,17 @@ def config_from_args(args, parser=None):
     base = {**DEMO, 'demo': True} if args.demo else {}
     return TrainConfig(**{**base, **given})
 
-# %% ../nbs/05_cli.ipynb #b5c4270a
+# %% ../nbs/05_cli.ipynb #720d2675
 def run_train(args) -> int:
     "Train, writing a run folder; print where it is and the final numbers"
     from petbreeds.runs import TrainConfig, train
     if args.resume:
         if args.out is None: args._parser.error("--resume needs --out, the folder of the run to continue")
-        extra = [f"--{f.name.replace('_', '-')}" for f in fields(TrainConfig) if getattr(args, f.name, None) is not None]
-        if args.demo: extra.append('--demo')
+        extra = [f"--{f.name.replace('_', '-')}" for f in fields(TrainConfig) if getattr(args, f.name, None) not in (None, False)]
         if args.dir is not None: extra.append('DIR')
         if extra: args._parser.error(f"--resume continues the run with its saved options: drop {', '.join(extra)}")
         cfg = None
     else: cfg = config_from_args(args, args._parser)
-    if cfg is not None and cfg.demo:
-        print("petbreeds: demo: synthetic pet images and stand-in pretrained weights, small sizes for a CPU; "
-              "the first run also builds the stand-ins (about a minute, once per machine)", file=sys.stderr)
     progress = 'bars' if sys.stdout.isatty() and not args.no_progress else 'lines'
     try: metrics = train(cfg, out=args.out, resume_run=args.resume, progress=progress)
     except KeyboardInterrupt:

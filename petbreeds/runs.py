@@ -6,12 +6,13 @@
 __all__ = ['DEMO', 'DEMO_KIT', 'TrainConfig', 'check_config', 'demo_images', 'plot_loss', 'build_learner', 'EpochLines',
            'load_config', 'train', 'lr_find_run', 'evaluate_model']
 
-# %% ../nbs/06_runs.ipynb #a471fada
+# %% ../nbs/06_runs.ipynb #805279a8
 import contextlib
 import csv
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, fields
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from .core import SPECIES, PetbreedsError, data_home, get_device, get_precision, library_versions, seed_everything
 
-# %% ../nbs/06_runs.ipynb #4928099e
+# %% ../nbs/06_runs.ipynb #d99ce13b
 @dataclass
 class TrainConfig:
     "Every option of a training run"
@@ -56,6 +57,8 @@ def check_config(cfg:TrainConfig) -> TrainConfig:
     from petbreeds.learner import get_arch
     get_arch(cfg.arch)
     get_precision(cfg.precision, get_device(cfg.device))
+    if cfg.weights not in ('imagenet', 'none') and not Path(cfg.weights).is_file():
+        raise PetbreedsError(f"weights file '{cfg.weights}' does not exist", "pass an existing state-dict file, or --weights imagenet|none")
     if cfg.images is not None and not Path(cfg.images).is_dir():
         raise PetbreedsError(f"'{cfg.images}' is not a folder", "give the folder that holds the images, or leave it out to download Pets, or use --demo")
     return cfg
@@ -135,7 +138,7 @@ def EpochLines(folder:str|Path):
                   f"error_rate {float(r['error_rate']):.4f}  accuracy {float(r['accuracy']):.4f}  ({float(r['seconds']):.1f} s)", flush=True)
     return _EpochLines()
 
-# %% ../nbs/06_runs.ipynb #ac834957
+# %% ../nbs/06_runs.ipynb #aaff645c
 def _new_run_folder(cfg):
     stamp = datetime.now().strftime('%Y%m%d-%H%M%S')
     return Path('runs')/f"{stamp}-{cfg.arch}{'-demo' if cfg.demo else ''}"
@@ -161,20 +164,26 @@ def train(cfg:TrainConfig=None, # The options; None: all defaults
     import torch
     from petbreeds.inference import save_model
     from petbreeds.interpret import write_report
-    from petbreeds.learner import RunCheckpoints, RunHistory, fine_tune_stages, read_progress, resume, run_stages
+    from petbreeds.learner import RunCheckpoints, RunHistory, fine_tune_stages, read_progress, resume, resume_point, run_stages
     started = time.perf_counter()
     if resume_run:
         if out is None: raise PetbreedsError("resuming needs the run folder", "pass --out with the folder of the run to resume")
         cfg = load_config(out)
         if read_progress(out) is None: raise PetbreedsError(f"'{out}' has no checkpoint to resume from", "start it again without --resume")
     cfg = check_config(cfg or TrainConfig())
+    stages = fine_tune_stages(cfg.epochs, cfg.lr, cfg.freeze_epochs)
     out = Path(out) if out is not None else _new_run_folder(cfg)
+    if resume_run and resume_point(out, stages)[0] >= len(stages):
+        raise PetbreedsError(f"the run in '{out}' is complete: every epoch has a checkpoint", "nothing to resume; start a new run with another --out")
     if not resume_run and out.exists() and any(out.iterdir()):
         raise PetbreedsError(f"'{out}' already holds files", "pass --resume to continue the run there, or a new --out")
     out.mkdir(parents=True, exist_ok=True)
+    say = (lambda msg: print(f"petbreeds: {msg}", file=sys.stderr)) if progress not in ('none', False) else (lambda msg: None)
+    if resume_run: say(f"resuming the run in {out} after epoch {len(open(out/'history.csv').readlines()) - 1}, with its saved options")
+    elif cfg.demo: say("demo: synthetic pet images and stand-in pretrained weights, small sizes for a CPU; "
+                       "the first run on a machine also builds the stand-ins (about a minute)")
 
     learn, dls, info = build_learner(cfg, out)
-    stages = fine_tune_stages(cfg.epochs, cfg.lr, cfg.freeze_epochs)
     if not resume_run: _write_json(out/'config.json', {'options': asdict(cfg), **info})
     device, precision = info['device'], info['precision']
 

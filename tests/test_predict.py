@@ -1,0 +1,127 @@
+"""`petbreeds predict` and `export` end to end, and the safety of opening model files."""
+import io
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from petbreeds.core import PetbreedsError
+from petbreeds.inference import Predictor, load_model
+from petbreeds.testing import synthetic_pets
+from test_cli import assert_one_line_error, petbreeds_cmd
+
+@pytest.fixture(scope='module')
+def model(tmp_path_factory):
+    "A small trained model file and some images it has not seen"
+    from petbreeds.runs import DEMO, TrainConfig, train
+    root = tmp_path_factory.mktemp('model')
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv('PETBREEDS_HOME', str(root/'home'))
+        train(TrainConfig(**{**DEMO, 'demo': True, 'num_workers': 0, 'epochs': 1}), out=root/'run', progress='none', report=False)
+    images = synthetic_pets(root/'new', per_class=1, size=96, seed=11, quirks=True)
+    return root/'run'/'model.safetensors', images
+
+def test_predict_mixed_good_and_bad_images(model, subprocess_env, tmp_path):
+    model_file, images = model
+    good = [images/'pug_1.jpg', images/'Bengal_1.jpg']
+    bad = [tmp_path/'missing.jpg', images/'Bengal_906.jpg', images/'Abyssinian_100.mat']
+    res = petbreeds_cmd('predict', model_file, good[0], *bad, good[1], env=subprocess_env)
+    assert res.returncode == 1, res.stderr
+    out = res.stdout.strip().splitlines()
+    assert [line.split(':')[0] for line in out] == [str(good[0]), str(good[1])]
+    assert all('(cat ' in line or '(dog ' in line for line in out)
+    errors = res.stderr.strip().splitlines()
+    assert len(errors) == 3 and all(e.startswith('petbreeds: error: ') for e in errors)
+    assert 'no image file' in errors[0] and 'is damaged or cut short' in errors[1] and 'is not an image' in errors[2]
+    assert 'Traceback' not in res.stderr
+
+def test_predict_json_is_one_object_per_line(model, subprocess_env):
+    model_file, images = model
+    res = petbreeds_cmd('predict', model_file, images/'pug_1.jpg', images/'leonberger_905.jpg', '--json', '--top-k', '2', env=subprocess_env)
+    assert res.returncode == 1
+    rows = [json.loads(line) for line in res.stdout.strip().splitlines()]
+    assert len(rows) == 2
+    assert len(rows[0]['predictions']) == 2 and rows[0]['species'] in ('cat', 'dog')
+    assert 'error' in rows[1] and rows[1]['image'].endswith('leonberger_905.jpg')
+
+def test_predict_all_good_exits_0_and_agrees_with_the_library(model, subprocess_env):
+    model_file, images = model
+    res = petbreeds_cmd('predict', model_file, images/'samoyed_1.jpg', '--json', env=subprocess_env)
+    assert res.returncode == 0, res.stderr
+    row = json.loads(res.stdout)
+    ours = Predictor.from_file(model_file).predict([images/'samoyed_1.jpg'])[0]
+    assert [p['label'] for p in row['predictions']] == [p['label'] for p in ours['predictions']]
+
+def test_export_then_predict_with_onnx_runtime(model, subprocess_env, tmp_path):
+    model_file, images = model
+    res = petbreeds_cmd('export', model_file, '--onnx', tmp_path/'m.onnx', env=subprocess_env)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path/'m.onnx').stat().st_size > 1_000_000
+    a = petbreeds_cmd('predict', tmp_path/'m.onnx', images/'pug_1.jpg', '--json', env=subprocess_env)
+    b = petbreeds_cmd('predict', model_file, images/'pug_1.jpg', '--json', env=subprocess_env)
+    pa, pb = json.loads(a.stdout)['predictions'], json.loads(b.stdout)['predictions']
+    assert [p['label'] for p in pa] == [p['label'] for p in pb]
+    assert all(abs(x['probability'] - y['probability']) < 1e-4 for x, y in zip(pa, pb))
+
+def test_export_needs_onnx_option_and_a_model(model, subprocess_env, tmp_path):
+    model_file, _ = model
+    assert_one_line_error(petbreeds_cmd('export', model_file, env=subprocess_env), 'the following arguments are required: --onnx')
+    assert_one_line_error(petbreeds_cmd('export', tmp_path/'none.safetensors', '--onnx', tmp_path/'x.onnx', env=subprocess_env), 'does not exist')
+
+def test_predict_refuses_a_decompression_bomb(model, subprocess_env, tmp_path):
+    model_file, _ = model
+    Image.new('1', (20_000, 20_000)).save(tmp_path/'bomb.png')   # 400 million pixels in a few kilobytes
+    res = petbreeds_cmd('predict', model_file, tmp_path/'bomb.png', env=subprocess_env)
+    assert res.returncode == 1
+    assert 'more pixels than the safe limit' in res.stderr and 'Traceback' not in res.stderr
+
+class _PlantMarker:
+    "Unpickling this creates a marker file: the proof that loading ran code"
+    def __init__(self, marker): self.marker = marker
+    def __reduce__(self): return (Path.touch, (Path(self.marker),))
+
+def _evil(path, kind, marker):
+    if kind == 'pickle': path.write_bytes(pickle.dumps({'model': _PlantMarker(marker)}))
+    else: torch.save({'model': _PlantMarker(marker)}, path)
+    return path
+
+@pytest.mark.parametrize('name', ['model.safetensors', 'model.pth', 'model.pkl', 'model.onnx', 'export.pkl'])
+@pytest.mark.parametrize('kind', ['pickle', 'torch.save'])
+def test_a_pickle_is_refused_and_runs_no_code(name, kind, tmp_path):
+    marker = tmp_path/'pwned'
+    path = _evil(tmp_path/name, kind, marker)
+    pickle.loads(pickle.dumps(_PlantMarker(tmp_path/'control')))   # the payload does work when unpickled...
+    assert (tmp_path/'control').exists()
+    with pytest.raises(PetbreedsError, match='is not a petbreeds model file'): Predictor.from_file(path)
+    if not name.endswith('.onnx'):
+        with pytest.raises(PetbreedsError, match='is not a petbreeds model file'): Predictor.from_file(path, backend='onnx')
+        with pytest.raises(PetbreedsError, match='is not a petbreeds model file'): load_model(path)
+    assert not marker.exists(), "...but opening it as a model never unpickled it"
+
+def test_every_command_refuses_a_pickle_with_one_line(tmp_path, subprocess_env):
+    marker = tmp_path/'pwned'
+    for path in (_evil(tmp_path/'model.safetensors', 'torch.save', marker), _evil(tmp_path/'model.pkl', 'pickle', marker)):
+        for cmd in (['predict', path, tmp_path/'x.jpg'], ['evaluate', path], ['export', path, '--onnx', tmp_path/'o.onnx']):
+            assert_one_line_error(petbreeds_cmd(*cmd, env=subprocess_env), 'is not a petbreeds model file')
+    assert not marker.exists()
+
+def test_weights_option_refuses_a_pickle_too(tmp_path):
+    from petbreeds.learner import load_state_dict_file
+    marker = tmp_path/'pwned'
+    torch.save({'conv1.weight': _PlantMarker(marker)}, tmp_path/'w.pth')
+    with pytest.raises(PetbreedsError, match='not a state dict that can be loaded safely'): load_state_dict_file(tmp_path/'w.pth')
+    assert not marker.exists()
+
+def test_predictor_module_needs_no_fastai(model):
+    model_file, images = model
+    code = (f"import sys; from petbreeds.inference import Predictor; Predictor.from_file({str(model_file)!r}).predict([{str(images/'pug_1.jpg')!r}]); "
+            "print('fastai' in sys.modules, 'fastcore' in sys.modules)")
+    res = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ['False', 'False']

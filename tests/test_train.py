@@ -1,0 +1,145 @@
+"""`petbreeds train`, `lr-find` and `evaluate` end to end, and the learner's acceptance checks."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from test_cli import BIN, assert_one_line_error, petbreeds_cmd
+
+DEMO_FILES = {'config.json', 'model.safetensors', 'metrics.json', 'history.csv', 'batches.csv', 'loss.png', 'report.html',
+              'confusion.png', 'calibration.png', 'top_losses.png', 'per_breed.csv', 'evaluation.json', 'checkpoints'}
+
+@pytest.fixture(scope='module')
+def demo_run(tmp_path_factory, subprocess_env):
+    "One `petbreeds train --demo`, as the README tells a new user to run it"
+    cwd = tmp_path_factory.mktemp('user')
+    res = petbreeds_cmd('train', '--demo', env=subprocess_env, cwd=cwd)
+    assert res.returncode == 0, res.stderr
+    return cwd, res
+
+def test_demo_trains_and_writes_a_run_folder(demo_run):
+    cwd, res = demo_run
+    runs = list((cwd/'runs').iterdir())
+    assert len(runs) == 1 and runs[0].name.endswith('-resnet18-demo')
+    run = runs[0]
+    assert DEMO_FILES <= {p.name for p in run.iterdir()}
+    metrics = json.loads((run/'metrics.json').read_text())
+    for key in ('error_rate', 'accuracy', 'valid_loss', 'epochs', 'seconds', 'arch', 'options', 'seed', 'versions'):
+        assert key in metrics, key
+    assert metrics['epochs'] == 3 and metrics['arch'] == 'resnet18' and metrics['seed'] == 42
+    assert metrics['accuracy'] > 0.8
+    with open(run/'history.csv') as f: rows = list(csv.DictReader(f))
+    assert [r['stage'] for r in rows] == ['frozen', 'unfrozen', 'unfrozen']
+    assert {'train_loss', 'valid_loss', 'error_rate', 'seconds'} <= set(rows[0])
+    assert f"run folder: runs/{run.name}" in res.stdout
+    assert 'error_rate' in res.stdout and 'report.html' in res.stdout
+    assert res.stdout.count('epoch ') == 3, "one line per epoch when stdout is not a terminal"
+    assert 'stand-in' in res.stderr and 'Traceback' not in res.stderr
+
+def test_evaluate_json_is_one_document_and_matches_training(demo_run, subprocess_env):
+    cwd, _ = demo_run
+    run = next((cwd/'runs').iterdir())
+    res = petbreeds_cmd('evaluate', run/'model.safetensors', '--json', '--tta', env=subprocess_env, cwd=cwd)
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)   # the whole of stdout is one JSON document
+    metrics = json.loads((run/'metrics.json').read_text())
+    assert abs(doc['error_rate'] - metrics['error_rate']) < 1e-6
+    assert {'species_error', 'ece', 'most_confused', 'tta'} <= set(doc)
+    assert {p.name for p in (run/'evaluation').iterdir()} == {'confusion.png', 'top_losses.png', 'calibration.png', 'per_breed.csv', 'evaluation.json'}
+
+def test_evaluate_bad_input_is_one_line(demo_run, subprocess_env, tmp_path):
+    cwd, _ = demo_run
+    run = next((cwd/'runs').iterdir())
+    assert_one_line_error(petbreeds_cmd('evaluate', tmp_path/'none.safetensors', env=subprocess_env), 'does not exist')
+    (tmp_path/'fake.safetensors').write_text('hello')
+    assert_one_line_error(petbreeds_cmd('evaluate', tmp_path/'fake.safetensors', env=subprocess_env), 'is not a petbreeds model file')
+    assert_one_line_error(petbreeds_cmd('evaluate', run/'model.safetensors', tmp_path/'missing', env=subprocess_env), 'is not a folder')
+
+def test_lr_find_prints_suggestions_and_writes_the_plot(subprocess_env, tmp_path):
+    res = petbreeds_cmd('lr-find', '--demo', '--out', tmp_path/'lr', env=subprocess_env, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    for name in ('valley', 'slide', 'minimum', 'steep'): assert name in res.stdout
+    assert (tmp_path/'lr'/'lr_find.png').stat().st_size > 10_000
+    assert set(json.loads((tmp_path/'lr'/'lr_find.json').read_text())['suggestions']) == {'valley', 'slide', 'minimum', 'steep'}
+
+@pytest.mark.parametrize('args,fragment', [
+    (['--epochs', '-1'], 'argument --epochs: expected 0 or more'),
+    (['--size', 'big'], "argument --size: expected a whole number, got 'big'"),
+    (['--bs', '0'], 'argument --bs: expected a number above 0'),
+    (['--arch', 'resnet35'], "unknown architecture 'resnet35'"),
+    (['--lr', '-3'], 'argument --lr'),
+    (['--valid-pct', '1.5'], 'between 0 and 1'),
+    (['--precision', 'fp16', '--device', 'cpu'], 'fp32 only'),
+    (['--weights', 'no/such/file.pth'], 'does not exist'),
+    (['--epochs', '0', '--freeze-epochs', '0'], 'nothing to train'),
+    (['--resume'], '--resume needs --out'),
+])
+def test_bad_options_exit_2_with_one_line(args, fragment, subprocess_env, tmp_path):
+    res = petbreeds_cmd('train', '--demo', *args, env=subprocess_env, cwd=tmp_path)
+    assert_one_line_error(res, fragment)
+    assert not (tmp_path/'runs').exists() or not any((tmp_path/'runs').iterdir()), "nothing was trained"
+
+def test_missing_folder_and_folder_with_demo(subprocess_env, tmp_path):
+    assert_one_line_error(petbreeds_cmd('train', tmp_path/'nowhere', env=subprocess_env, cwd=tmp_path), 'is not a folder')
+    assert_one_line_error(petbreeds_cmd('train', tmp_path, '--demo', env=subprocess_env, cwd=tmp_path), 'drop DIR, or drop --demo')
+
+def test_offline_without_data_says_what_to_do(subprocess_env, tmp_path):
+    res = petbreeds_cmd('train', env=subprocess_env, cwd=tmp_path)
+    assert_one_line_error(res, "can't reach the Oxford-IIIT Pet archive", '--demo')
+
+def test_same_seed_same_metrics_from_the_command_line(subprocess_env, tmp_path):
+    out = []
+    for name in ('a', 'b'):
+        res = petbreeds_cmd('train', '--demo', '--epochs', '1', '--out', tmp_path/name, env=subprocess_env, cwd=tmp_path)
+        assert res.returncode == 0, res.stderr
+        out.append(json.loads((tmp_path/name/'metrics.json').read_text()))
+    assert (out[0]['error_rate'], out[0]['valid_loss']) == (out[1]['error_rate'], out[1]['valid_loss'])
+
+def test_a_killed_run_resumes_to_the_full_number_of_epochs(subprocess_env, tmp_path):
+    run = tmp_path/'run'
+    cmd = [str(BIN/'petbreeds'), 'train', '--demo', '--epochs', '3', '--out', str(run)]
+    proc = subprocess.Popen(cmd, env=subprocess_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    progress = run/'checkpoints'/'progress.json'
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if progress.exists() and json.loads(progress.read_text())['stage'] == 1: break   # an unfrozen epoch is done
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL); proc.wait()
+    with open(run/'history.csv') as f: before = len(list(csv.DictReader(f)))
+    assert 2 <= before < 4
+    assert not (run/'model.safetensors').exists()
+    res = petbreeds_cmd('train', '--resume', '--out', run, env=subprocess_env, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    with open(run/'history.csv') as f: rows = list(csv.DictReader(f))
+    assert [int(r['epoch']) for r in rows] == [1, 2, 3, 4]
+    assert [r['stage'] for r in rows] == ['frozen', 'unfrozen', 'unfrozen', 'unfrozen']
+    assert json.loads((run/'metrics.json').read_text())['epochs'] == 4
+    assert (run/'model.safetensors').exists()
+    again = petbreeds_cmd('train', '--resume', '--out', run, '--epochs', '5', env=subprocess_env, cwd=tmp_path)
+    assert_one_line_error(again, '--resume continues the run with its saved options: drop --epochs')
+    assert_one_line_error(petbreeds_cmd('train', '--resume', '--out', run, env=subprocess_env, cwd=tmp_path), 'is complete')
+
+def test_a_run_folder_is_never_overwritten(demo_run, subprocess_env):
+    cwd, _ = demo_run
+    run = next((cwd/'runs').iterdir())
+    before = (run/'model.safetensors').read_bytes()
+    assert_one_line_error(petbreeds_cmd('train', '--demo', '--out', run, env=subprocess_env, cwd=cwd), 'already holds files')
+    assert (run/'model.safetensors').read_bytes() == before
+
+def test_pretrained_beats_random_weights_on_the_kit(tmp_path, monkeypatch):
+    "Learner acceptance: resnet18 from the stand-in weights reaches >= 0.80 in 3 CPU epochs and beats --weights none"
+    from petbreeds.runs import DEMO, TrainConfig, train
+    monkeypatch.setenv('PETBREEDS_HOME', str(tmp_path/'home'))
+    common = dict(DEMO, demo=True, num_workers=0, epochs=2, freeze_epochs=1)
+    pretrained = train(TrainConfig(**common), out=tmp_path/'pre', progress='none', report=False)
+    scratch = train(TrainConfig(**common, weights='none'), out=tmp_path/'none', progress='none', report=False)
+    assert pretrained['epochs'] == scratch['epochs'] == 3
+    assert pretrained['accuracy'] >= 0.80, pretrained['accuracy']
+    assert pretrained['accuracy'] >= scratch['accuracy'] + 0.30, (pretrained['accuracy'], scratch['accuracy'])
