@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['MODEL_FORMAT', 'FORMAT_VERSION', 'model_meta', 'save_model', 'read_model_meta', 'load_model', 'build_model',
-           'centre_square', 'prepare_image', 'open_image', 'Predictor', 'export_onnx']
+           'short_side_shape', 'centre_square', 'prepare_image', 'open_image', 'Predictor', 'export_onnx']
 
 # %% ../nbs/04_inference.ipynb #f8942673
 import contextlib
@@ -22,7 +22,7 @@ from PIL import Image
 
 from .core import BREEDS, SPECIES, PetbreedsError, library_versions, species_of
 
-# %% ../nbs/04_inference.ipynb #b9dcc80b
+# %% ../nbs/04_inference.ipynb #9d440136
 MODEL_FORMAT, FORMAT_VERSION = 'petbreeds-model', 1
 _ARCHS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')
 
@@ -35,19 +35,25 @@ def _square(size):
     if a != b: raise PetbreedsError(f"the model was trained on {a}x{b} images; petbreeds models are square", "train with one --size")
     return int(a)
 
+def _input_spec(dls) -> dict:
+    "How the validation set prepared images: the item side, the final size, the resize order, the normalisation"
+    norm = _find_tfm(dls.train.after_batch, 'Normalize')
+    if norm is None: raise PetbreedsError("the learner's DataLoaders have no Normalize transform", "build them with pets_dataloaders or presizing_tfms")
+    spec = dict(getattr(dls, 'presizing', None) or {})
+    if not spec:  # DataLoaders built by hand: read the transforms fastai was given
+        resize = _find_tfm(dls.train.after_item, 'Resize')
+        if resize is None: raise PetbreedsError("the learner's DataLoaders have no Resize item transform", "build them with pets_dataloaders or presizing_tfms")
+        sized = [t for t in dls.train.after_batch.fs if getattr(t, 'size', None) is not None]
+        spec = {'presize': _square(resize.size), 'size': _square(sized[0].size) if sized else _square(resize.size), 'resize': 'crop_then_resize'}
+    return {**spec, 'mean': [float(v) for v in norm.mean.flatten()], 'std': [float(v) for v in norm.std.flatten()]}
+
 def model_meta(learn, metrics:dict=None) -> dict:
     "Everything besides the weights that a predictor needs, read off `learn` and its DataLoaders"
     dls = learn.dls
-    resize, crop, norm = _find_tfm(dls.train.after_item, 'Resize'), _find_tfm(dls.train.after_batch, 'RandomResizedCropGPU'), _find_tfm(dls.train.after_batch, 'Normalize')
-    if resize is None or norm is None:
-        raise PetbreedsError("the learner's DataLoaders have no Resize item transform or no Normalize", "build them with pets_dataloaders or presizing_tfms")
     vocab = [str(v) for v in dls.vocab]
     species = [species_of(v) if v in BREEDS else v if v in SPECIES else None for v in vocab]
-    presize = _square(resize.size)
     return {'format': MODEL_FORMAT, 'format_version': FORMAT_VERSION, 'arch': getattr(learn, 'arch', None),
-            'vocab': vocab, 'species': species,
-            'input': {'presize': presize, 'size': _square(crop.size) if crop is not None else presize,
-                      'mean': [float(v) for v in norm.mean.flatten()], 'std': [float(v) for v in norm.std.flatten()]},
+            'vocab': vocab, 'species': species, 'input': _input_spec(dls),
             'metrics': metrics or {}, 'versions': library_versions(),
             'created': datetime.now(timezone.utc).isoformat(timespec='seconds')}
 
@@ -119,7 +125,7 @@ def build_model(state:dict, meta:dict):
     except RuntimeError as e: raise PetbreedsError(f"the weights don't fit a {meta['arch']} with fastai's head ({str(e).splitlines()[1].strip()[:120]})", "the file is damaged: retrain or re-save it") from None
     return model.eval()
 
-# %% ../nbs/04_inference.ipynb #0925db11
+# %% ../nbs/04_inference.ipynb #e7000ac2
 def _area_matrix(n_in:int, n_out:int) -> np.ndarray:
     "Averaging `n_in` samples down to `n_out` as torch's area interpolation (adaptive average pooling) does"
     m = np.zeros((n_out, n_in), np.float64)
@@ -148,17 +154,27 @@ def _resample_matrix(n_in:int, n_out:int) -> np.ndarray:
         _MATRICES[key] = (_bilinear_matrix(n_in, n_out) @ m).astype(np.float32)
     return _MATRICES[key]
 
-def centre_square(img:Image.Image, presize:int) -> Image.Image:
-    "The largest centred square of `img`, resized to `presize` (fastai's `Resize` on the validation set)"
+def short_side_shape(w:int, h:int, side:int) -> tuple:
+    "(height, width) of a `w` x `h` image resized so that its short side is `side`"
+    s = side / min(w, h)
+    return max(side, round(h * s)), max(side, round(w * s))
+
+def centre_square(img:Image.Image, presize:int, resize:str='crop_then_resize') -> Image.Image:
+    "The centred square of `img` at `presize` pixels, as the validation item stage makes it (see above)"
     w, h = img.size
+    if resize == 'resize_then_crop':
+        rh, rw = short_side_shape(w, h, presize)
+        img = img.resize((rw, rh), Image.BILINEAR)
+        top, left = int(0.5 * (rh - presize)), int(0.5 * (rw - presize))
+        return img.crop((left, top, left + presize, top + presize))
     m = w / presize if w / presize < h / presize else h / presize
     side = int(m * presize)
     left, top = int(0.5 * (w - side)), int(0.5 * (h - side))
     return img.crop((left, top, min(left + side, w), min(top + side, h))).resize((presize, presize), Image.BILINEAR)
 
-def prepare_image(img:Image.Image, size:int, presize:int, mean, std) -> np.ndarray:
+def prepare_image(img:Image.Image, size:int, presize:int, mean, std, resize:str='crop_then_resize') -> np.ndarray:
     "A 3 x `size` x `size` float32 array of `img`, exactly as fastai's validation transforms make it"
-    x = np.asarray(centre_square(img.convert('RGB'), presize), dtype=np.float32).transpose(2, 0, 1) / np.float32(255)
+    x = np.asarray(centre_square(img.convert('RGB'), presize, resize), dtype=np.float32).transpose(2, 0, 1) / np.float32(255)
     if size != presize:
         r = _resample_matrix(presize, size)
         x = r @ x @ r.T
@@ -191,7 +207,7 @@ def open_image(src) -> Image.Image:
     except (OSError, SyntaxError, ValueError) as e:
         raise PetbreedsError(f"'{name}' is damaged or cut short ({' '.join(str(e).split())[:80]})", "pass a complete image file") from None
 
-# %% ../nbs/04_inference.ipynb #97a08727
+# %% ../nbs/04_inference.ipynb #44546b55
 def _softmax(logits:np.ndarray) -> np.ndarray:
     e = np.exp(logits - logits.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
@@ -241,7 +257,7 @@ class Predictor:
     def prepare(self, src) -> np.ndarray:
         "One image as the model's input array (3 x size x size)"
         i = self.meta['input']
-        return prepare_image(open_image(src), self.size, self.presize, i['mean'], i['std'])
+        return prepare_image(open_image(src), self.size, self.presize, i['mean'], i['std'], i.get('resize', 'crop_then_resize'))
 
     def probabilities(self, arrays:np.ndarray, tta:bool=False, batch_size:int=32) -> np.ndarray:
         "Class probabilities for prepared arrays (n x 3 x size x size), in batches"

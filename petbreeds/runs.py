@@ -229,14 +229,14 @@ def lr_find_run(cfg:TrainConfig=None, out:str|Path=None, num_it:int=100) -> dict
     _write_json(out/'lr_find.json', {'suggestions': suggestions, 'options': asdict(cfg), **info})
     return {**suggestions, 'out': str(out)}
 
-# %% ../nbs/06_runs.ipynb #020c5d67
+# %% ../nbs/06_runs.ipynb #3b0088e9
 def evaluate_model(model_file:str|Path, # A model.safetensors from a run
                    images:str|Path=None, # Labelled images; default: the run's own validation split
                    tta:bool=False, # Also evaluate with fastai's test-time augmentation
                    out:str|Path=None, # Where to write the plots and tables; default: `evaluation/` beside the model
                    bs:int=64, num_workers:int=None, device:str='auto') -> dict:
     "Evaluate a saved model on its validation split or on a labelled folder; write the results to `out`"
-    from petbreeds.data import get_pet_images, label_func, pets_block
+    from petbreeds.data import get_pet_images, label_func, pets_dataloaders
     from petbreeds.inference import load_model
     from petbreeds.interpret import evaluate, write_evaluation
     from petbreeds.learner import pets_learner
@@ -252,11 +252,16 @@ def evaluate_model(model_file:str|Path, # A model.safetensors from a run
     same_split = run is not None and Path(run['images']).resolve() == images.resolve()
     opts = run['options'] if same_split else {}
     target = 'species' if meta['vocab'] == list(SPECIES) else 'breed'
-    block = pets_block(size=meta['input']['size'], presize=meta['input']['presize'], target=target,
-                       valid_pct=opts.get('valid_pct', 0.2), seed=opts.get('seed', 42))
-    kwargs = {} if num_workers is None else {'num_workers': num_workers}
-    dls = block.dataloaders(images, bs=bs, device=get_device(device), **kwargs)
-    dl = dls.valid if same_split else dls.test_dl(get_pet_images(images, label_func(target)), with_labels=True)
+    spec = meta['input']
+    cached = spec.get('resize') == 'resize_then_crop'
+    items = get_pet_images(images, label_func(target))
+    valid_pct = opts.get('valid_pct', 0.2)
+    n_train = len(items) - int(valid_pct * len(items))
+    # the same validation pipeline the model was trained with: the cache or not, the same sizes and split
+    dls = pets_dataloaders(images, bs=max(1, min(bs, n_train)), valid_pct=valid_pct, seed=opts.get('seed', 42), size=spec['size'],
+                           presize=opts.get('presize', spec['presize']), target=target, num_workers=num_workers, device=device,
+                           cache=cached, progress=False)
+    dl = dls.valid if same_split else dls.test_dl(list(dls.train_ds.items) + list(dls.valid_ds.items), with_labels=True)
     learn = pets_learner(dls, meta['arch'], weights='none', precision='fp32', path=tempfile.mkdtemp(prefix='petbreeds-eval-'))
     learn.model.load_state_dict(state)
     ev = evaluate(learn, dl)
