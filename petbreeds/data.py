@@ -223,7 +223,7 @@ def pets_block(size:int=224, # Side of the square batches the model sees
     return DataBlock(blocks=(images, CategoryBlock(vocab=vocab)), get_items=get_items,
                      splitter=PetsSplitter(valid_pct, seed), get_y=get_y, **tfms)
 
-# %% ../nbs/01_data.ipynb #b02073cc
+# %% ../nbs/01_data.ipynb #e8a41e71
 def pets_dataloaders(path:str|Path=None, # Folder of Pets-style images (default: `get_pets()`)
                      bs:int=64, # Batch size
                      valid_pct:float=0.2, seed:int=42, # The random validation split
@@ -261,6 +261,7 @@ def pets_dataloaders(path:str|Path=None, # Folder of Pets-style images (default:
     # what a predictor must do to an image to match the validation set (see petbreeds.inference)
     dls.presizing = {'presize': store.side if store else presize, 'size': size,
                      'resize': 'resize_then_crop' if store else 'crop_then_resize'}
+    dls.cache = store   # the PresizeCache, or None
     return dls
 
 # %% ../nbs/01_data.ipynb #0bc2fac8

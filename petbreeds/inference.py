@@ -125,7 +125,7 @@ def build_model(state:dict, meta:dict):
     except RuntimeError as e: raise PetbreedsError(f"the weights don't fit a {meta['arch']} with fastai's head ({str(e).splitlines()[1].strip()[:120]})", "the file is damaged: retrain or re-save it") from None
     return model.eval()
 
-# %% ../nbs/04_inference.ipynb #e7000ac2
+# %% ../nbs/04_inference.ipynb #07d94969
 def _area_matrix(n_in:int, n_out:int) -> np.ndarray:
     "Averaging `n_in` samples down to `n_out` as torch's area interpolation (adaptive average pooling) does"
     m = np.zeros((n_out, n_in), np.float64)
@@ -154,6 +154,24 @@ def _resample_matrix(n_in:int, n_out:int) -> np.ndarray:
         _MATRICES[key] = (_bilinear_matrix(n_in, n_out) @ m).astype(np.float32)
     return _MATRICES[key]
 
+_TAPS = {}
+def _resample_taps(n_in:int, n_out:int) -> tuple:
+    "The same map as `_resample_matrix`, as a few (index, weight) taps per output sample"
+    if (n_in, n_out) not in _TAPS:
+        m = _resample_matrix(n_in, n_out)
+        k = int((m != 0).sum(1).max())
+        idx, w = np.zeros((n_out, k), np.int64), np.zeros((n_out, k), np.float32)
+        for i, row in enumerate(m):
+            nz = np.nonzero(row)[0]; idx[i, :len(nz)], w[i, :len(nz)] = nz, row[nz]
+        _TAPS[n_in, n_out] = idx, w
+    return _TAPS[n_in, n_out]
+
+def _resample(x:np.ndarray, n_out:int) -> np.ndarray:
+    "Apply step (3) to a c x n x n array along both axes"
+    idx, w = _resample_taps(x.shape[1], n_out)
+    x = (x[:, idx, :] * w[None, :, :, None]).sum(2)          # rows
+    return (x[:, :, idx] * w[None, None, :, :]).sum(3)        # columns
+
 def short_side_shape(w:int, h:int, side:int) -> tuple:
     "(height, width) of a `w` x `h` image resized so that its short side is `side`"
     s = side / min(w, h)
@@ -175,9 +193,7 @@ def centre_square(img:Image.Image, presize:int, resize:str='crop_then_resize') -
 def prepare_image(img:Image.Image, size:int, presize:int, mean, std, resize:str='crop_then_resize') -> np.ndarray:
     "A 3 x `size` x `size` float32 array of `img`, exactly as fastai's validation transforms make it"
     x = np.asarray(centre_square(img.convert('RGB'), presize, resize), dtype=np.float32).transpose(2, 0, 1) / np.float32(255)
-    if size != presize:
-        r = _resample_matrix(presize, size)
-        x = r @ x @ r.T
+    if size != presize: x = _resample(x, size)
     return ((x - np.asarray(mean, np.float32)[:, None, None]) / np.asarray(std, np.float32)[:, None, None]).astype(np.float32)
 
 # %% ../nbs/04_inference.ipynb #a057bae5

@@ -25,8 +25,9 @@ from torch import nn
 
 from .core import PetbreedsError, get_precision
 
-# %% ../nbs/02_learner.ipynb #8b88eaae
+# %% ../nbs/02_learner.ipynb #6426e6cf
 from fastai.callback.core import Callback
+from fastai.callback.channelslast import ChannelsLast
 from fastai.callback.fp16 import MixedPrecision  # adds Learner.to_fp16 / to_bf16
 from fastai.callback.schedule import minimum, slide, steep, valley  # adds fit_one_cycle, fine_tune, lr_find
 from fastai.data.transforms import Normalize
@@ -92,7 +93,7 @@ def pretrained_model(arch:str='resnet34', weights:str='imagenet') -> nn.Module|N
     model.load_state_dict({**model.state_dict(), **{k: v for k, v in state.items() if not k.startswith('fc.')}})
     return model
 
-# %% ../nbs/02_learner.ipynb #765dfb08
+# %% ../nbs/02_learner.ipynb #d02400bf
 def _ensure_normalized(dls):
     "Add ImageNet normalisation if `dls` has none (pretrained weights expect it)"
     if not any(isinstance(t, Normalize) for t in dls.after_batch.fs): dls.add_tfms([Normalize.from_stats(*imagenet_stats)], 'after_batch')
@@ -117,6 +118,7 @@ def pets_learner(dls, # DataLoaders, e.g. from `pets_dataloaders`
         learn.freeze()
     if resolved == 'fp16': learn.to_fp16()
     elif resolved == 'bf16': learn.to_bf16()
+    if dls.device.type == 'cuda': learn.add_cb(ChannelsLast())   # tensor cores prefer NHWC convolutions
     learn.arch, learn.weights, learn.precision = arch, str(weights), resolved
     return learn
 
