@@ -8,7 +8,7 @@ __all__ = ['PETS_NAME_RE', 'PETS_IMAGES', 'TARGETS', 'breed_of', 'get_pets', 'im
            'PresizingComparison', 'psnr', 'compare_presizing', 'ImageCheck', 'check_images', 'folder_dataloaders',
            'csv_dataloaders', 'df_dataloaders', 'name_re_dataloaders', 'name_func_dataloaders', 'lists_dataloaders']
 
-# %% ../nbs/01_data.ipynb #e3028629
+# %% ../nbs/01_data.ipynb #fc6ae749
 import contextlib
 import gzip
 import hashlib
@@ -18,6 +18,7 @@ import math
 import os
 import re
 import shutil
+import sys
 import tarfile
 import urllib.error
 import warnings
@@ -58,7 +59,7 @@ def breed_of(path:str|Path, # An image file named `<breed>_<number>.jpg`
                              "rename it, or run `petbreeds check` to list every such file")
     return match.group(1)
 
-# %% ../nbs/01_data.ipynb #5802e11a
+# %% ../nbs/01_data.ipynb #5ef40ab4
 PETS_IMAGES = 7390  # JPEG photos in the real images/ folder (it also holds a few .mat files)
 
 def _pets_url(url=None):
@@ -86,7 +87,9 @@ def get_pets(dest:str|Path=None, # Where archives and data go (default: `data_ho
     def discard_archive():
         for p in (archive, archive.with_name(archive.name + '.part')): p.unlink(missing_ok=True)
     try:
-        folder = untar_data(url, archive=archive_dir, data=home)
+        # the download's progress bar goes to a terminal's stderr, or nowhere: stdout is for results (e.g. --json)
+        with contextlib.redirect_stdout(sys.stderr if sys.stderr.isatty() else io.StringIO()):
+            folder = untar_data(url, archive=archive_dir, data=home)
     except (urllib.error.URLError, ConnectionError, TimeoutError, http.client.HTTPException) as e:
         discard_archive()
         reason = getattr(e, 'reason', e)

@@ -207,7 +207,7 @@ def write_evaluation(folder:str|Path, ev:Evaluation, ev_tta:Evaluation=None, pre
     (folder/'evaluation.json').write_text(json.dumps(summary, indent=1))
     return summary
 
-# %% ../nbs/03_interpret.ipynb #2194a3c7
+# %% ../nbs/03_interpret.ipynb #21eae5cd
 def _table(rows:list, columns:list=None) -> str:
     if not rows: return '<p>(none)</p>'
     columns = columns or list(rows[0])
@@ -246,7 +246,8 @@ def write_report(folder:str|Path, learn=None, tta:bool=False) -> Path:
     parts.append("<div class='cards'>" + ''.join(f"<div><div class='note'>{k}</div><div class='big'>{_fmt(v) if v is not None else '-'}</div></div>" for k, v in cards) + "</div>")
     if 'tta' in evaluation: parts.append(f"<p>With test-time augmentation: error rate {_fmt(evaluation['tta']['error_rate'])}, accuracy {_fmt(evaluation['tta']['accuracy'])}.</p>")
     parts.append('<h2>Options</h2>' + _table([{'option': k, 'value': v} for k, v in options.items()] +
-                 [{'option': k, 'value': config[k]} for k in ('device', 'precision', 'train_images', 'valid_images') if k in config]))
+                 [{'option': label, 'value': config[k]} for k, label in (('device', 'device used'), ('precision', 'precision used'),
+                  ('train_images', 'training images'), ('valid_images', 'validation images')) if k in config]))
     parts.append('<h2>History</h2>' + _table(history))
     for name, caption in (('loss.png', 'Loss'), ('lr_find.png', 'LR finder'), ('confusion.png', 'Confusion matrix'),
                           ('top_losses.png', 'Top losses'), ('calibration.png', 'Calibration')):

@@ -101,8 +101,8 @@ def plot_loss(folder:str|Path):
     ax.legend(); fig.tight_layout()
     return fig
 
-# %% ../nbs/06_runs.ipynb #9bf7e70a
-def build_learner(cfg:TrainConfig, out:str|Path):
+# %% ../nbs/06_runs.ipynb #c188dc08
+def build_learner(cfg:TrainConfig, out:str|Path, progress:bool=True):
     "Seed, resolve the hardware, build the DataLoaders and the learner for `cfg`; return (learn, dls, info)"
     from petbreeds.data import get_pets, pets_dataloaders
     from petbreeds.learner import pets_learner
@@ -116,7 +116,7 @@ def build_learner(cfg:TrainConfig, out:str|Path):
             use_standin_weights(cfg.arch)
     else: images = Path(cfg.images) if cfg.images else get_pets()
     dls = pets_dataloaders(images, bs=cfg.bs, valid_pct=cfg.valid_pct, seed=cfg.seed, size=cfg.size, presize=cfg.presize,
-                           min_scale=cfg.min_scale, target=cfg.target, num_workers=cfg.num_workers, device=device)
+                           min_scale=cfg.min_scale, target=cfg.target, num_workers=cfg.num_workers, device=device, progress=progress)
     learn = pets_learner(dls, cfg.arch, cfg.weights, precision, path=out)
     info = {'images': str(Path(images).resolve()), 'device': str(device), 'precision': precision, 'train_images': len(dls.train_ds),
             'valid_images': len(dls.valid_ds), 'stand_in_weights': cfg.demo and cfg.weights == 'imagenet', 'versions': library_versions()}
@@ -138,7 +138,7 @@ def EpochLines(folder:str|Path):
                   f"error_rate {float(r['error_rate']):.4f}  accuracy {float(r['accuracy']):.4f}  ({float(r['seconds']):.1f} s)", flush=True)
     return _EpochLines()
 
-# %% ../nbs/06_runs.ipynb #aaff645c
+# %% ../nbs/06_runs.ipynb #a4c7f82a
 def _new_run_folder(cfg):
     stamp = datetime.now().strftime('%Y%m%d-%H%M%S')
     return Path('runs')/f"{stamp}-{cfg.arch}{'-demo' if cfg.demo else ''}"
@@ -183,7 +183,7 @@ def train(cfg:TrainConfig=None, # The options; None: all defaults
     elif cfg.demo: say("demo: synthetic pet images and stand-in pretrained weights, small sizes for a CPU; "
                        "the first run on a machine also builds the stand-ins (about a minute)")
 
-    learn, dls, info = build_learner(cfg, out)
+    learn, dls, info = build_learner(cfg, out, progress=progress in ('bars', True))
     if not resume_run: _write_json(out/'config.json', {'options': asdict(cfg), **info})
     device, precision = info['device'], info['precision']
 

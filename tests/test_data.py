@@ -119,3 +119,13 @@ def test_check_bad_input_exits_2_with_one_line(tmp_path, subprocess_env):
 def test_check_without_dir_offline_says_how_to_go_on(subprocess_env):
     res = petbreeds_cmd('check', env=subprocess_env)
     assert_one_line_error(res, "can't reach the Oxford-IIIT Pet archive", '--demo')
+
+def test_download_command_prints_the_images_folder(served, tmp_path, subprocess_env):
+    with serve_folder(served) as server:
+        env = {**subprocess_env, 'PETBREEDS_PETS_URL': server.url + 'oxford-iiit-pet.tgz'}
+        res = petbreeds_cmd('download', '--dest', tmp_path, env=env)
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.strip() == str(tmp_path/'oxford-iiit-pet'/'images')
+        again = petbreeds_cmd('download', '--dest', tmp_path, env=env)
+        assert again.stdout == res.stdout and len(server.requests) == 1
+    assert_one_line_error(petbreeds_cmd('download', '--dest', tmp_path/'offline', env=subprocess_env), "can't reach the Oxford-IIIT Pet archive")

@@ -1,0 +1,32 @@
+"""README.md is generated from nbs/index.ipynb, and CI runs exactly the commands it gives a new user.
+
+Regenerate README.md after editing the notebook: `python tests/test_readme.py --write` (nbdev_readme does the
+same where Quarto is installed; it cannot be installed offline).
+"""
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parents[1]
+COMMANDS = ('pip install -e ".[dev]" && petbreeds train --demo', 'nbdev_test --n_workers 1 && pytest tests')
+
+def render_index() -> str:
+    "The markdown cells of nbs/index.ipynb, in order, as README.md holds them"
+    cells = json.loads((ROOT/'nbs'/'index.ipynb').read_text())['cells']
+    return '\n\n'.join(''.join(c['source']).strip() for c in cells if c['cell_type'] == 'markdown') + '\n'
+
+def test_readme_is_the_index_notebook():
+    assert (ROOT/'README.md').read_text() == render_index(), "README.md is stale: run python tests/test_readme.py --write"
+
+def test_readme_gives_exactly_the_two_commands():
+    readme = (ROOT/'README.md').read_text()
+    for command in COMMANDS: assert f"```sh\n{command}\n```" in readme
+
+def test_ci_runs_what_the_readme_says():
+    ci = (ROOT/'.ci'/'run').read_text()
+    assert COMMANDS[0] in ci.splitlines(), "CI must install with the README's command, verbatim"
+    assert 'nbdev_test --n_workers 1' in ci and 'pytest tests' in ci
+
+if __name__ == '__main__' and '--write' in sys.argv:
+    (ROOT/'README.md').write_text(render_index())
+    print('README.md written from nbs/index.ipynb')
