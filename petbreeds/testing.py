@@ -279,7 +279,7 @@ def _pretrain(arch, per_class, epochs, size=64, bs=64, lr=3e-3, seed=0):
     with torch.no_grad(): accuracy = (model(xv).argmax(1) == yv).float().mean().item()
     return model.state_dict(), accuracy
 
-# %% ../nbs/00a_testing.ipynb #7395a052
+# %% ../nbs/00a_testing.ipynb #9f79f4dc
 def standin_weights(arch:str='resnet18') -> Path:
     "Build (once per machine) and return the stand-in checkpoint for `arch`"
     dest = standin_file(arch)
@@ -287,11 +287,13 @@ def standin_weights(arch:str='resnet18') -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     with open(dest.parent/'.build.lock', 'w') as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if dest.exists() and marker.exists(): return dest
-        if dest.exists():
+        recipe = STANDIN_RECIPES[arch]
+        if dest.exists() and marker.exists():
+            made = json.loads(marker.read_text())
+            if all(made.get(k) == v for k, v in recipe.items()): return dest   # else: ours, but from another recipe: remake
+        elif dest.exists():
             raise PetbreedsError(f"'{dest}' exists but was not made by petbreeds.testing",
                                  "point PETBREEDS_STANDIN_HOME at a folder of its own, never at your real torch cache")
-        recipe = STANDIN_RECIPES[arch]
         state, accuracy = _pretrain(arch, **recipe)
         tmp = dest.with_name(dest.name + '.tmp')
         torch.save(state, tmp)

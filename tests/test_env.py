@@ -42,3 +42,14 @@ def test_torchvision_loads_standin_weights_offline(subprocess_env):
     res = subprocess.run([sys.executable, '-c', code], env=subprocess_env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith('ok ')
+
+def test_standin_kit_never_overwrites_weights_it_did_not_make(tmp_path, monkeypatch):
+    "Pointed at a real torch cache by mistake, the kit refuses rather than replace genuine ImageNet weights"
+    from petbreeds.core import PetbreedsError
+    from petbreeds.testing import standin_file, standin_weights
+    monkeypatch.setenv('PETBREEDS_STANDIN_HOME', str(tmp_path))
+    real = standin_file('resnet18')
+    real.parent.mkdir(parents=True)
+    real.write_bytes(b'pretend these are the real ImageNet weights')
+    with pytest.raises(PetbreedsError, match='was not made by petbreeds.testing'): standin_weights('resnet18')
+    assert real.read_bytes() == b'pretend these are the real ImageNet weights'
