@@ -3,7 +3,6 @@ import os
 import platform
 import resource
 import statistics
-import time
 from pathlib import Path
 
 def machine() -> str:

@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import folder_mb, load, machine, peak_rss_mb, pets_sized_images, summary
+from _common import load, machine, peak_rss_mb, pets_sized_images, summary
 
 def book_dataloaders(path, bs, size, presize, num_workers):
     "The chapter's DataBlock, exactly as the book writes it"

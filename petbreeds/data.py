@@ -41,8 +41,8 @@ from fastai.vision.core import PILImage, image2tensor
 from fastai.vision.data import ImageBlock, ImageDataLoaders, imagenet_stats
 from fastai.data.transforms import Normalize
 
-# %% ../nbs/01_data.ipynb #b1e2b95b
-from .core import BREEDS, CAT_BREEDS, DOG_BREEDS, SPECIES, species_of
+# %% ../nbs/01_data.ipynb #a7e9c48c
+from .core import BREEDS, CAT_BREEDS, DOG_BREEDS, SPECIES, species_of  # noqa: F401 (re-exported)
 
 # %% ../nbs/01_data.ipynb #332a4dd0
 PETS_NAME_RE = re.compile(r'^(.+)_\d+\.(?i:jpe?g|png)$')

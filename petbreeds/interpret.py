@@ -19,7 +19,7 @@ import numpy as np
 
 from .core import BREEDS, SPECIES, PetbreedsError, species_of
 
-# %% ../nbs/03_interpret.ipynb #2d0883e0
+# %% ../nbs/03_interpret.ipynb #16294a02
 @dataclass
 class Evaluation:
     "Class probabilities and true classes of a set of images"
@@ -42,7 +42,6 @@ class Evaluation:
 def evaluate(learn, dl=None, # A DataLoader with labels; default: the validation set
              tta:bool=False, seed:int=42) -> Evaluation:
     "Predict `dl` with `learn` (optionally with fastai's TTA) and keep what interpretation needs"
-    import torch
     from petbreeds.core import seed_everything
     dl = dl if dl is not None else learn.dls.valid
     with learn.no_bar():

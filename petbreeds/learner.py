@@ -8,14 +8,14 @@ __all__ = ['ARCHS', 'SUGGESTIONS', 'get_arch', 'load_state_dict_file', 'pretrain
            'Stage', 'fine_tune_stages', 'discriminative_stages', 'run_stages', 'RunCheckpoints', 'read_progress',
            'RunHistory', 'resume_point', 'resume']
 
-# %% ../nbs/02_learner.ipynb #e4281637
+# %% ../nbs/02_learner.ipynb #a832b544
 import csv
 import json
 import math
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,14 +25,13 @@ from torch import nn
 
 from .core import PetbreedsError, get_precision
 
-# %% ../nbs/02_learner.ipynb #6426e6cf
+# %% ../nbs/02_learner.ipynb #1c6aad47
 from fastai.callback.core import Callback
 from fastai.callback.channelslast import ChannelsLast
-from fastai.callback.fp16 import MixedPrecision  # adds Learner.to_fp16 / to_bf16
+from fastai.callback.fp16 import MixedPrecision  # noqa: F401 (importing it adds Learner.to_fp16 / to_bf16)
 from fastai.callback.schedule import minimum, slide, steep, valley  # adds fit_one_cycle, fine_tune, lr_find
 from fastai.data.transforms import Normalize
 from fastai.learner import Learner
-from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy, error_rate
 from fastai.vision.data import imagenet_stats
 from fastai.vision.learner import vision_learner

@@ -1,6 +1,5 @@
 """The pinned dependency set installs AND imports together, and the stand-in weights load the real way."""
 import configparser
-import re
 import subprocess
 import sys
 from importlib import metadata

@@ -1,6 +1,5 @@
 """The chapter notebook's real-data switch: with PETBREEDS_REAL=1 and no network it stops at once with the
 clear offline message (the default, synthetic mode is what nbdev_test runs)."""
-import os
 import subprocess
 import sys
 from pathlib import Path

@@ -1,7 +1,5 @@
 """`petbreeds predict` and `export` end to end, and the safety of opening model files."""
-import io
 import json
-import os
 import pickle
 import subprocess
 import sys

@@ -1,12 +1,9 @@
 """`petbreeds train`, `lr-find` and `evaluate` end to end, and the learner's acceptance checks."""
 import csv
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
