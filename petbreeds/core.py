@@ -4,9 +4,12 @@
 
 # %% auto #0
 __all__ = ['PRECISIONS', 'CAT_BREEDS', 'DOG_BREEDS', 'BREEDS', 'SPECIES', 'PetbreedsError', 'PetbreedsWarning', 'get_device',
-           'get_precision', 'seed_everything', 'species_of', 'data_home', 'library_versions']
+           'get_precision', 'seed_everything', 'species_of', 'data_home', 'replace_when_done', 'write_json',
+           'library_versions']
 
-# %% ../nbs/00_core.ipynb #fc3a7553
+# %% ../nbs/00_core.ipynb #edacd1dd
+import contextlib
+import json
 import os
 import platform
 import random
@@ -119,6 +122,22 @@ def data_home() -> Path:
     if env: return Path(env).expanduser().resolve()
     from fastai.data.external import fastai_cfg
     return Path(fastai_cfg().path('data')).expanduser().resolve()
+
+# %% ../nbs/00_core.ipynb #cbd7053c
+@contextlib.contextmanager
+def replace_when_done(path:str|Path):
+    "Yield a temporary path beside `path`; rename it to `path` when the block finishes, remove it if it fails"
+    path = Path(path)
+    tmp = path.with_name(path.name + '.tmp')
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally: tmp.unlink(missing_ok=True)
+
+def write_json(path:str|Path, obj) -> Path:
+    "Write `obj` as indented JSON to `path`, whole or not at all"
+    with replace_when_done(path) as tmp: tmp.write_text(json.dumps(obj, indent=1))
+    return Path(path)
 
 # %% ../nbs/00_core.ipynb #1eb7a391
 def library_versions(packages=('petbreeds', 'torch', 'torchvision', 'fastai', 'fastcore', 'pillow', 'numpy')) -> dict:

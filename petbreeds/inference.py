@@ -6,12 +6,11 @@
 __all__ = ['MODEL_FORMAT', 'FORMAT_VERSION', 'model_meta', 'save_model', 'read_model_meta', 'load_model', 'build_model',
            'short_side_shape', 'centre_square', 'prepare_image', 'open_image', 'Predictor', 'export_onnx']
 
-# %% ../nbs/04_inference.ipynb #f8942673
+# %% ../nbs/04_inference.ipynb #7fe5f852
 import contextlib
 import io
 import json
 import math
-import os
 import tempfile
 import warnings
 from datetime import datetime, timezone
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .core import BREEDS, SPECIES, PetbreedsError, library_versions, species_of
+from .core import BREEDS, SPECIES, PetbreedsError, library_versions, replace_when_done, species_of
 
 # %% ../nbs/04_inference.ipynb #9d440136
 MODEL_FORMAT, FORMAT_VERSION = 'petbreeds-model', 1
@@ -57,7 +56,7 @@ def model_meta(learn, metrics:dict=None) -> dict:
             'metrics': metrics or {}, 'versions': library_versions(),
             'created': datetime.now(timezone.utc).isoformat(timespec='seconds')}
 
-# %% ../nbs/04_inference.ipynb #63529069
+# %% ../nbs/04_inference.ipynb #9dbe5264
 def save_model(learn, path:str|Path, metrics:dict=None) -> Path:
     "Write `learn`'s model as a petbreeds model file: safetensors weights, metadata in the header"
     from safetensors.torch import save_file
@@ -66,9 +65,7 @@ def save_model(learn, path:str|Path, metrics:dict=None) -> Path:
     if meta['arch'] not in _ARCHS: raise PetbreedsError(f"can't save a model of architecture {meta['arch']!r}", f"build it with pets_learner and one of {', '.join(_ARCHS)}")
     state = {k: v.detach().to('cpu').contiguous() for k, v in learn.model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + '.tmp')
-    save_file(state, str(tmp), metadata={'petbreeds': json.dumps(meta)})
-    os.replace(tmp, path)
+    with replace_when_done(path) as tmp: save_file(state, str(tmp), metadata={'petbreeds': json.dumps(meta)})
     return path
 
 def _not_a_model(path, why):
@@ -312,7 +309,7 @@ class Predictor:
         probs = iter(self.probabilities(np.stack(arrays) if arrays else np.zeros((0, 3, self.size, self.size), np.float32), tta, batch_size))
         return [r if r is not None else self._describe(_name(src), next(probs), top_k) for src, r in zip(images, results)]
 
-# %% ../nbs/04_inference.ipynb #e0493b61
+# %% ../nbs/04_inference.ipynb #3c90c0e4
 @contextlib.contextmanager
 def _quiet():
     "Silence the ONNX exporter's progress lines (it prints them to stdout)"
@@ -338,5 +335,5 @@ def export_onnx(model_file:str|Path, # A petbreeds model.safetensors
     data = proto.SerializeToString()
     if out is None: return data
     out = Path(out); out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + '.tmp'); tmp.write_bytes(data); os.replace(tmp, out)
+    with replace_when_done(out) as tmp: tmp.write_bytes(data)
     return out

@@ -8,7 +8,7 @@ __all__ = ['ARCHS', 'SUGGESTIONS', 'get_arch', 'load_state_dict_file', 'pretrain
            'Stage', 'fine_tune_stages', 'discriminative_stages', 'run_stages', 'RunCheckpoints', 'read_progress',
            'RunHistory', 'resume_point', 'resume']
 
-# %% ../nbs/02_learner.ipynb #a832b544
+# %% ../nbs/02_learner.ipynb #440f16be
 import csv
 import json
 import math
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from .core import PetbreedsError, get_precision
+from .core import PetbreedsError, get_precision, write_json
 
 # %% ../nbs/02_learner.ipynb #1c6aad47
 from fastai.callback.core import Callback
@@ -222,16 +222,11 @@ def run_stages(learn:Learner, stages:list, start:tuple=(0, 0), # (stage, epoch) 
         learn.fit_one_cycle(stage.epochs, stage.lr, pct_start=stage.pct_start, div=stage.div, start_epoch=skip, cbs=cbs)
     return learn
 
-# %% ../nbs/02_learner.ipynb #2820b153
+# %% ../nbs/02_learner.ipynb #7dd31416
 def _epoch_values(learn) -> dict:
     "This epoch's train loss, valid loss and metrics, from fastai's recorder"
     names = [n for n in learn.recorder.metric_names if n not in ('epoch', 'time')]
     return {n: float(v) for n, v in zip(names, learn.recorder.log[1:len(names) + 1])}
-
-def _atomic_json(path:Path, obj):
-    tmp = path.with_name(path.name + '.tmp')
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
 
 class RunCheckpoints(Callback):
     "Save `last` every epoch and `best` by `monitor` into `folder/checkpoints`, with the progress made"
@@ -261,7 +256,7 @@ class RunCheckpoints(Callback):
         if better:
             self._save('best')
             self.best = {'value': value, 'stage': self.learn.stage_index, 'epoch': self.epoch}
-        _atomic_json(self.folder/'progress.json', {'stage': getattr(self.learn, 'stage_index', 0), 'epoch': self.epoch,
+        write_json(self.folder/'progress.json', {'stage': getattr(self.learn, 'stage_index', 0), 'epoch': self.epoch,
                                                     'stage_epochs': self.n_epoch, 'monitor': self.monitor, 'best': self.best})
 
 def read_progress(folder:str|Path) -> dict|None:

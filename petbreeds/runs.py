@@ -6,7 +6,7 @@
 __all__ = ['DEMO', 'DEMO_KIT', 'TrainConfig', 'check_config', 'demo_images', 'plot_loss', 'build_learner', 'EpochLines',
            'load_config', 'train', 'lr_find_run', 'evaluate_model']
 
-# %% ../nbs/06_runs.ipynb #805279a8
+# %% ../nbs/06_runs.ipynb #233ec441
 import contextlib
 import csv
 import json
@@ -19,7 +19,8 @@ from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from pathlib import Path
 
-from .core import SPECIES, PetbreedsError, data_home, get_device, get_precision, library_versions, seed_everything
+from .core import (SPECIES, PetbreedsError, data_home, get_device, get_precision, library_versions, seed_everything,
+                            write_json)
 
 # %% ../nbs/06_runs.ipynb #d99ce13b
 @dataclass
@@ -138,13 +139,10 @@ def EpochLines(folder:str|Path):
                   f"error_rate {float(r['error_rate']):.4f}  accuracy {float(r['accuracy']):.4f}  ({float(r['seconds']):.1f} s)", flush=True)
     return _EpochLines()
 
-# %% ../nbs/06_runs.ipynb #a4c7f82a
+# %% ../nbs/06_runs.ipynb #1ca97088
 def _new_run_folder(cfg):
     stamp = datetime.now().strftime('%Y%m%d-%H%M%S')
     return Path('runs')/f"{stamp}-{cfg.arch}{'-demo' if cfg.demo else ''}"
-
-def _write_json(path, obj):
-    tmp = path.with_name(path.name + '.tmp'); tmp.write_text(json.dumps(obj, indent=1)); os.replace(tmp, path)
 
 def load_config(folder:str|Path) -> TrainConfig:
     "The options of the run in `folder`"
@@ -184,7 +182,7 @@ def train(cfg:TrainConfig=None, # The options; None: all defaults
                        "the first run on a machine also builds the stand-ins (about a minute)")
 
     learn, dls, info = build_learner(cfg, out, progress=progress in ('bars', True))
-    if not resume_run: _write_json(out/'config.json', {'options': asdict(cfg), **info})
+    if not resume_run: write_json(out/'config.json', {'options': asdict(cfg), **info})
     device, precision = info['device'], info['precision']
 
     # fit
@@ -208,14 +206,14 @@ def train(cfg:TrainConfig=None, # The options; None: all defaults
                'arch': cfg.arch, 'options': asdict(cfg), 'seed': cfg.seed, 'device': str(device), 'precision': precision,
                'best': read_progress(out)['best'], 'run_folder': str(out), 'versions': library_versions()}
     save_model(learn, out/'model.safetensors', metrics={k: metrics[k] for k in ('error_rate', 'accuracy', 'valid_loss', 'epochs')})
-    _write_json(out/'metrics.json', metrics)
+    write_json(out/'metrics.json', metrics)
     fig = plot_loss(out); fig.savefig(out/'loss.png', dpi=100)
     import matplotlib.pyplot as plt
     plt.close(fig)
     if report: write_report(out, learn)
     return metrics
 
-# %% ../nbs/06_runs.ipynb #9f351779
+# %% ../nbs/06_runs.ipynb #a9dacb42
 def lr_find_run(cfg:TrainConfig=None, out:str|Path=None, num_it:int=100) -> dict:
     "Run fastai's LR finder for a run with options `cfg`; write lr_find.png and lr_find.json into `out`"
     from petbreeds.learner import find_lr
@@ -226,7 +224,7 @@ def lr_find_run(cfg:TrainConfig=None, out:str|Path=None, num_it:int=100) -> dict
     suggestions = find_lr(learn, out, num_it=num_it)
     import matplotlib.pyplot as plt
     plt.close(learn.lr_find_figure)
-    _write_json(out/'lr_find.json', {'suggestions': suggestions, 'options': asdict(cfg), **info})
+    write_json(out/'lr_find.json', {'suggestions': suggestions, 'options': asdict(cfg), **info})
     return {**suggestions, 'out': str(out)}
 
 # %% ../nbs/06_runs.ipynb #3b0088e9

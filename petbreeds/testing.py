@@ -7,7 +7,7 @@ __all__ = ['SHAPES', 'PATTERNS', 'QUIRKS', 'BAD_QUIRKS', 'MAT_QUIRKS', 'STANDIN_
            'synthetic_pets', 'pets_archive', 'serve_folder', 'standin_home', 'standin_file', 'standin_weights',
            'standin_info', 'use_standin_weights']
 
-# %% ../nbs/00a_testing.ipynb #d5b5d65b
+# %% ../nbs/00a_testing.ipynb #8db6f56e
 import colorsys
 import contextlib
 import fcntl
@@ -27,7 +27,7 @@ import torch
 import torchvision
 from PIL import Image, ImageDraw, ImageFilter
 
-from .core import BREEDS, CAT_BREEDS, PetbreedsError
+from .core import BREEDS, CAT_BREEDS, PetbreedsError, replace_when_done
 from .data import breed_of
 
 # %% ../nbs/00a_testing.ipynb #c49b5df1
@@ -279,7 +279,7 @@ def _pretrain(arch, per_class, epochs, size=64, bs=64, lr=3e-3, seed=0):
     with torch.no_grad(): accuracy = (model(xv).argmax(1) == yv).float().mean().item()
     return model.state_dict(), accuracy
 
-# %% ../nbs/00a_testing.ipynb #9f79f4dc
+# %% ../nbs/00a_testing.ipynb #0328d733
 def standin_weights(arch:str='resnet18') -> Path:
     "Build (once per machine) and return the stand-in checkpoint for `arch`"
     dest = standin_file(arch)
@@ -295,9 +295,7 @@ def standin_weights(arch:str='resnet18') -> Path:
             raise PetbreedsError(f"'{dest}' exists but was not made by petbreeds.testing",
                                  "point PETBREEDS_STANDIN_HOME at a folder of its own, never at your real torch cache")
         state, accuracy = _pretrain(arch, **recipe)
-        tmp = dest.with_name(dest.name + '.tmp')
-        torch.save(state, tmp)
-        os.replace(tmp, dest)
+        with replace_when_done(dest) as tmp: torch.save(state, tmp)
         marker.write_text(json.dumps({'arch': arch, 'stands_in_for': torchvision.models.get_model_weights(arch).DEFAULT.url,
                                       'task': '42 shape-and-pattern classes of petbreeds.testing drawings, random colour',
                                       'heldout_accuracy': round(accuracy, 4), **recipe}, indent=1))
