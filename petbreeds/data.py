@@ -173,7 +173,7 @@ def PetsSplitter(valid_pct:float=0.2, seed:int=42):
         with torch.random.fork_rng(devices=[]): return split(items)
     return _split
 
-# %% ../nbs/01_data.ipynb #bf8d1bbf
+# %% ../nbs/01_data.ipynb #142d668d
 TARGETS = ('breed', 'species')
 
 def species_of_file(path:str|Path) -> str:
@@ -184,6 +184,9 @@ def label_func(target:str='breed'):
     "The function that labels a file for `target` ('breed' or 'species')"
     if target not in TARGETS: raise PetbreedsError(f"unknown target '{target}'", f"use one of: {', '.join(TARGETS)}")
     return breed_of if target == 'breed' else species_of_file
+
+def _check_valid_pct(valid_pct):
+    if not 0 < valid_pct < 1: raise PetbreedsError(f"valid_pct must be between 0 and 1, got {valid_pct}", "pass e.g. --valid-pct 0.2")
 
 def _check_sizes(size, presize, min_scale):
     for name, value in (('size', size), ('presize', presize)):
@@ -215,7 +218,7 @@ def pets_block(size:int=224, # Side of the square batches the model sees
                get_items=get_pet_images # How to list the items of a folder; None when given a list
               ) -> DataBlock:
     "The chapter's presizing `DataBlock` for Pets-style file names"
-    if not 0 < valid_pct < 1: raise PetbreedsError(f"valid_pct must be between 0 and 1, got {valid_pct}", "pass e.g. --valid-pct 0.2")
+    _check_valid_pct(valid_pct)
     get_y = label_func(target)
     vocab = list(BREEDS) if target == 'breed' else list(SPECIES)
     tfms = presizing_tfms(size, presize, min_scale, one_pass)
@@ -226,7 +229,7 @@ def pets_block(size:int=224, # Side of the square batches the model sees
     return DataBlock(blocks=(images, CategoryBlock(vocab=vocab)), get_items=get_items,
                      splitter=PetsSplitter(valid_pct, seed), get_y=get_y, **tfms)
 
-# %% ../nbs/01_data.ipynb #e8a41e71
+# %% ../nbs/01_data.ipynb #a8f2bb5c
 def pets_dataloaders(path:str|Path=None, # Folder of Pets-style images (default: `get_pets()`)
                      bs:int=64, # Batch size
                      valid_pct:float=0.2, seed:int=42, # The random validation split
@@ -237,15 +240,16 @@ def pets_dataloaders(path:str|Path=None, # Folder of Pets-style images (default:
                      cache:bool=True, # Decode and presize each image once (see `petbreeds.cache`)
                      one_pass:bool=True, # One interpolation for all augmentations, the crop included
                      progress:bool=True, # Show a progress bar while the cache is built
+                     items:list=None, # The files to use, if already listed with `get_pet_images(path)`
                      **kwargs # Passed to `DataBlock.dataloaders`
                     ):
     "The chapter's DataLoaders for Pets: presized, augmented on the device, ImageNet-normalised"
     if not isinstance(bs, int) or isinstance(bs, bool) or bs < 1:
         raise PetbreedsError(f"batch size must be a whole number of at least 1, got {bs!r}", "pass e.g. --bs 64")
-    if not 0 < valid_pct < 1: raise PetbreedsError(f"valid_pct must be between 0 and 1, got {valid_pct}", "pass e.g. --valid-pct 0.2")
+    _check_valid_pct(valid_pct)
     _check_sizes(size, presize, min_scale)
     path = Path(path) if path is not None else get_pets()
-    items = get_pet_images(path, label_func(target))
+    items = get_pet_images(path, label_func(target)) if items is None else list(items)
     store = None
     if cache:
         if presize is None: raise PetbreedsError("the cache stores presized images, but presize is None", "pass a presize, or cache=False")

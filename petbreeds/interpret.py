@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['Evaluation', 'evaluate', 'confusion_matrix', 'most_confused', 'per_class_table', 'species_error', 'reliability',
            'expected_calibration_error', 'plot_confusion', 'plot_reliability', 'plot_top_losses', 'summarise',
-           'write_evaluation', 'write_report']
+           'write_evaluation', 'item_side', 'write_report']
 
 # %% ../nbs/03_interpret.ipynb #38d77b26
 import csv
@@ -206,7 +206,7 @@ def write_evaluation(folder:str|Path, ev:Evaluation, ev_tta:Evaluation=None, pre
     (folder/'evaluation.json').write_text(json.dumps(summary, indent=1))
     return summary
 
-# %% ../nbs/03_interpret.ipynb #21eae5cd
+# %% ../nbs/03_interpret.ipynb #48f7162e
 def _table(rows:list, columns:list=None) -> str:
     if not rows: return '<p>(none)</p>'
     columns = columns or list(rows[0])
@@ -223,14 +223,19 @@ _CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;
         "th{background:#f3f3f3}td:first-child{text-align:left}img{max-width:100%;border:1px solid #ddd;margin:.5em 0}"
         ".big{font-size:28px;font-weight:600}.cards{display:flex;gap:2em;flex-wrap:wrap}.note{color:#666;font-size:13px}")
 
+def item_side(dls) -> int:
+    "The side of the square items `dls` presizes to (the cache's side, or `Resize`'s), for showing images"
+    spec = getattr(dls, 'presizing', None)
+    if spec: return spec['presize']
+    resize = next((t for t in dls.train.after_item.fs if type(t).__name__ == 'Resize'), None)
+    return resize.size[0] if resize is not None else 224
+
 def write_report(folder:str|Path, learn=None, tta:bool=False) -> Path:
     "Write `folder/report.html`: the run's numbers, history and plots on one page (evaluating `learn` if given)"
     folder = Path(folder)
     read = lambda name: json.loads((folder/name).read_text()) if (folder/name).exists() else {}
     if learn is not None:
-        ev = evaluate(learn)
-        presize = getattr(next((t for t in learn.dls.train.after_item.fs if type(t).__name__ == 'Resize'), None), 'size', (224,))[0]
-        write_evaluation(folder, ev, evaluate(learn, tta=True) if tta else None, presize=presize)
+        write_evaluation(folder, evaluate(learn), evaluate(learn, tta=True) if tta else None, presize=item_side(learn.dls))
     config, metrics, evaluation = read('config.json'), read('metrics.json'), read('evaluation.json')
     options = config.get('options', metrics.get('options', {}))
     history = list(csv.DictReader(open(folder/'history.csv'))) if (folder/'history.csv').exists() else []

@@ -6,7 +6,7 @@
 __all__ = ['ARCHS', 'SUGGESTIONS', 'get_arch', 'load_state_dict_file', 'pretrained_model', 'pets_learner', 'softmax',
            'log_softmax', 'pick_targets', 'nll', 'cross_entropy', 'cross_entropy_grad', 'plot_lr_find', 'find_lr',
            'Stage', 'fine_tune_stages', 'discriminative_stages', 'run_stages', 'RunCheckpoints', 'read_progress',
-           'RunHistory', 'resume_point', 'resume']
+           'RunHistory', 'resume_point', 'resume_start', 'resume']
 
 # %% ../nbs/02_learner.ipynb #440f16be
 import csv
@@ -222,7 +222,7 @@ def run_stages(learn:Learner, stages:list, start:tuple=(0, 0), # (stage, epoch) 
         learn.fit_one_cycle(stage.epochs, stage.lr, pct_start=stage.pct_start, div=stage.div, start_epoch=skip, cbs=cbs)
     return learn
 
-# %% ../nbs/02_learner.ipynb #7dd31416
+# %% ../nbs/02_learner.ipynb #f3cb0e95
 def _epoch_values(learn) -> dict:
     "This epoch's train loss, valid loss and metrics, from fastai's recorder"
     names = [n for n in learn.recorder.metric_names if n not in ('epoch', 'time')]
@@ -265,7 +265,7 @@ def read_progress(folder:str|Path) -> dict|None:
     return json.loads(f.read_text()) if f.exists() else None
 
 class RunHistory(Callback):
-    "Append each epoch to `folder/history.csv` and each batch to `folder/batches.csv`"
+    "Append each epoch to `folder/history.csv` and its batches to `folder/batches.csv`"
     order = 71
     def __init__(self, folder:str|Path): self.folder = Path(folder).resolve()
 
@@ -274,31 +274,33 @@ class RunHistory(Callback):
         self.trained = False
         self.done = sum(1 for _ in open(self.folder/'history.csv')) - 1 if (self.folder/'history.csv').exists() else 0
 
-    def before_train(self): self.trained, self.started = True, time.perf_counter()
+    def before_train(self): self.trained, self.started, self.batches = True, time.perf_counter(), []
 
-    def _append(self, name, row):
+    def _append(self, name, rows):
         f = self.folder/name
         new = not f.exists()
         with open(f, 'a', newline='') as fh:
-            w = csv.DictWriter(fh, fieldnames=list(row))
+            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
             if new: w.writeheader()
-            w.writerow(row)
+            w.writerows(rows)
+
+    def _stage(self): return self.learn.stage.name if hasattr(self.learn, 'stage') else ''
 
     def after_batch(self):
         if self.training:
-            self._append('batches.csv', {'stage': self.learn.stage.name if hasattr(self.learn, 'stage') else '',
-                                         'epoch': self.done + 1, 'iteration': self.train_iter, 'loss': round(float(self.loss.detach()), 6),
-                                         'smooth_loss': round(float(self.smooth_loss), 6), 'lr': self.opt.hypers[-1]['lr']})
+            self.batches.append({'stage': self._stage(), 'epoch': self.done + 1, 'iteration': self.train_iter, 'loss': round(float(self.loss.detach()), 6),
+                                 'smooth_loss': round(float(self.smooth_loss), 6), 'lr': self.opt.hypers[-1]['lr']})
 
     def after_epoch(self):
+        # written together at the end of the epoch: an epoch cut short leaves no rows, and is redone whole on resuming
         if not self.trained: return
         self.trained = False
         self.done += 1
-        stage = self.learn.stage.name if hasattr(self.learn, 'stage') else ''
-        self._append('history.csv', {'epoch': self.done, 'stage': stage, **{k: round(v, 6) for k, v in _epoch_values(self.learn).items()},
-                                     'seconds': round(time.perf_counter() - self.started, 2)})
+        if self.batches: self._append('batches.csv', self.batches)
+        self._append('history.csv', [{'epoch': self.done, 'stage': self._stage(), **{k: round(v, 6) for k, v in _epoch_values(self.learn).items()},
+                                      'seconds': round(time.perf_counter() - self.started, 2)}])
 
-# %% ../nbs/02_learner.ipynb #42e4963c
+# %% ../nbs/02_learner.ipynb #99c2c8aa
 def resume_point(folder:str|Path, stages:list) -> tuple|None:
     "The (stage, epoch) to start from to finish the run in `folder`, or None if it has no checkpoint"
     progress = read_progress(folder)
@@ -308,10 +310,15 @@ def resume_point(folder:str|Path, stages:list) -> tuple|None:
     if epoch >= stages[stage].epochs: stage, epoch = stage + 1, 0
     return stage, epoch
 
-def resume(learn:Learner, folder:str|Path, stages:list, cbs=None) -> Learner:
-    "Continue the run in `folder` from its last checkpoint through the rest of `stages`"
+def resume_start(folder:str|Path, stages:list) -> tuple:
+    "Where to resume the run in `folder`, refusing one with no checkpoint or with every epoch done"
     start = resume_point(folder, stages)
     if start is None: raise PetbreedsError(f"'{folder}' has no checkpoint to resume from", "start the run without --resume")
     if start[0] >= len(stages): raise PetbreedsError(f"the run in '{folder}' is complete: every epoch has a checkpoint", "nothing to resume; start a new run with another --out")
+    return start
+
+def resume(learn:Learner, folder:str|Path, stages:list, cbs=None) -> Learner:
+    "Continue the run in `folder` from its last checkpoint through the rest of `stages`"
+    start = resume_start(folder, stages)
     learn.resume_from = Path(folder)/'checkpoints'/'last'
     return run_stages(learn, stages, start=start, cbs=cbs)

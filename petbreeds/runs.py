@@ -139,10 +139,10 @@ def EpochLines(folder:str|Path):
                   f"error_rate {float(r['error_rate']):.4f}  accuracy {float(r['accuracy']):.4f}  ({float(r['seconds']):.1f} s)", flush=True)
     return _EpochLines()
 
-# %% ../nbs/06_runs.ipynb #1ca97088
-def _new_run_folder(cfg):
-    stamp = datetime.now().strftime('%Y%m%d-%H%M%S')
-    return Path('runs')/f"{stamp}-{cfg.arch}{'-demo' if cfg.demo else ''}"
+# %% ../nbs/06_runs.ipynb #95b35068
+def _new_run_folder(cfg, suffix:str=''):
+    "runs/<date>-<time>-<arch><suffix>"
+    return Path('runs')/f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{cfg.arch}{suffix}"
 
 def load_config(folder:str|Path) -> TrainConfig:
     "The options of the run in `folder`"
@@ -161,18 +161,16 @@ def train(cfg:TrainConfig=None, # The options; None: all defaults
     "Train a pet classifier and record the run in `out`; return its final metrics"
     import torch
     from petbreeds.inference import save_model
-    from petbreeds.interpret import write_report
-    from petbreeds.learner import RunCheckpoints, RunHistory, fine_tune_stages, read_progress, resume, resume_point, run_stages
+    from petbreeds.interpret import evaluate, item_side, write_evaluation, write_report
+    from petbreeds.learner import RunCheckpoints, RunHistory, fine_tune_stages, read_progress, resume, resume_start, run_stages
     started = time.perf_counter()
     if resume_run:
         if out is None: raise PetbreedsError("resuming needs the run folder", "pass --out with the folder of the run to resume")
         cfg = load_config(out)
-        if read_progress(out) is None: raise PetbreedsError(f"'{out}' has no checkpoint to resume from", "start it again without --resume")
     cfg = check_config(cfg or TrainConfig())
     stages = fine_tune_stages(cfg.epochs, cfg.lr, cfg.freeze_epochs)
-    out = Path(out) if out is not None else _new_run_folder(cfg)
-    if resume_run and resume_point(out, stages)[0] >= len(stages):
-        raise PetbreedsError(f"the run in '{out}' is complete: every epoch has a checkpoint", "nothing to resume; start a new run with another --out")
+    out = Path(out) if out is not None else _new_run_folder(cfg, '-demo' if cfg.demo else '')
+    if resume_run: resume_start(out, stages)   # refuse before any work: no checkpoint, or nothing left to do
     if not resume_run and out.exists() and any(out.iterdir()):
         raise PetbreedsError(f"'{out}' already holds files", "pass --resume to continue the run there, or a new --out")
     out.mkdir(parents=True, exist_ok=True)
@@ -197,7 +195,8 @@ def train(cfg:TrainConfig=None, # The options; None: all defaults
         except torch.OutOfMemoryError:
             raise PetbreedsError(f"the {device} ran out of memory training {cfg.arch} with batches of {cfg.bs}",
                                  f"use a smaller --bs (e.g. {max(1, cfg.bs // 2)}) or --precision bf16/fp16, then: petbreeds train --resume --out {out}") from None
-        valid_loss, error_rate, accuracy = (float(v) for v in learn.validate())
+        ev = evaluate(learn)   # one pass over the validation set gives the metrics and the report's plots
+    valid_loss, error_rate, accuracy = float(ev.losses.mean()), ev.error_rate, ev.accuracy
 
     # record
     with open(out/'history.csv') as f: history = list(csv.DictReader(f))
@@ -210,15 +209,17 @@ def train(cfg:TrainConfig=None, # The options; None: all defaults
     fig = plot_loss(out); fig.savefig(out/'loss.png', dpi=100)
     import matplotlib.pyplot as plt
     plt.close(fig)
-    if report: write_report(out, learn)
+    if report:
+        write_evaluation(out, ev, presize=item_side(learn.dls))
+        write_report(out)
     return metrics
 
-# %% ../nbs/06_runs.ipynb #a9dacb42
+# %% ../nbs/06_runs.ipynb #6dc43fc8
 def lr_find_run(cfg:TrainConfig=None, out:str|Path=None, num_it:int=100) -> dict:
     "Run fastai's LR finder for a run with options `cfg`; write lr_find.png and lr_find.json into `out`"
     from petbreeds.learner import find_lr
     cfg = check_config(cfg or TrainConfig())
-    out = Path(out) if out is not None else Path('runs')/f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{cfg.arch}-lr-find"
+    out = Path(out) if out is not None else _new_run_folder(cfg, '-lr-find')
     out.mkdir(parents=True, exist_ok=True)
     learn, dls, info = build_learner(cfg, out)
     suggestions = find_lr(learn, out, num_it=num_it)
@@ -227,7 +228,7 @@ def lr_find_run(cfg:TrainConfig=None, out:str|Path=None, num_it:int=100) -> dict
     write_json(out/'lr_find.json', {'suggestions': suggestions, 'options': asdict(cfg), **info})
     return {**suggestions, 'out': str(out)}
 
-# %% ../nbs/06_runs.ipynb #3b0088e9
+# %% ../nbs/06_runs.ipynb #64f3af48
 def evaluate_model(model_file:str|Path, # A model.safetensors from a run
                    images:str|Path=None, # Labelled images; default: the run's own validation split
                    tta:bool=False, # Also evaluate with fastai's test-time augmentation
@@ -258,7 +259,7 @@ def evaluate_model(model_file:str|Path, # A model.safetensors from a run
     # the same validation pipeline the model was trained with: the cache or not, the same sizes and split
     dls = pets_dataloaders(images, bs=max(1, min(bs, n_train)), valid_pct=valid_pct, seed=opts.get('seed', 42), size=spec['size'],
                            presize=opts.get('presize', spec['presize']), target=target, num_workers=num_workers, device=device,
-                           cache=cached, progress=False)
+                           cache=cached, progress=False, items=items)
     dl = dls.valid if same_split else dls.test_dl(list(dls.train_ds.items) + list(dls.valid_ds.items), with_labels=True)
     learn = pets_learner(dls, meta['arch'], weights='none', precision='fp32', path=tempfile.mkdtemp(prefix='petbreeds-eval-'))
     learn.model.load_state_dict(state)
