@@ -8,11 +8,12 @@ __all__ = ['positive_int', 'non_negative_int', 'positive_float', 'fraction', 'bu
            'run_lr_find', 'add_lr_find', 'run_evaluate', 'add_evaluate', 'run_predict', 'add_predict', 'run_export',
            'add_export', 'main']
 
-# %% ../nbs/07_cli.ipynb #a7bfa420
+# %% ../nbs/07_cli.ipynb #954544b8
 import argparse
 import json
 import sys
 import warnings
+from pathlib import Path
 
 from . import __version__
 from .core import PetbreedsError
@@ -26,18 +27,20 @@ class _Parser(argparse.ArgumentParser):
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):
     return f"petbreeds: warning: {' '.join(str(message).split())}\n"
 
-# %% ../nbs/07_cli.ipynb #33737732
+# %% ../nbs/07_cli.ipynb #72cc1b91
+def _whole_number(text:str) -> int:
+    try: return int(text)
+    except ValueError: raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+
 def positive_int(text:str) -> int:
     "An `argparse` type: a whole number above zero"
-    try: value = int(text)
-    except ValueError: raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'")
+    value = _whole_number(text)
     if value <= 0: raise argparse.ArgumentTypeError(f"expected a number above 0, got {value}")
     return value
 
 def non_negative_int(text:str) -> int:
     "An `argparse` type: a whole number, zero or more"
-    try: value = int(text)
-    except ValueError: raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'")
+    value = _whole_number(text)
     if value < 0: raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
     return value
 
@@ -70,9 +73,7 @@ def subcommand(add):
     _SUBCOMMANDS.append(add)
     return add
 
-# %% ../nbs/07_cli.ipynb #59190bac
-from pathlib import Path
-
+# %% ../nbs/07_cli.ipynb #128d3e4c
 def _images_folder(folder):
     "The folder given, or the downloaded Pets images"
     if folder is not None: return Path(folder)
