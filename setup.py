@@ -23,6 +23,8 @@ py_versions = [v for v in ['3.11', '3.12', '3.13'] if Version(v) >= Version(min_
 
 def reqs(key): return cfg.get(key, '').split()
 
+EXTRAS = ('onnx', 'serve', 'timm', 'distributed')   # each has a `<name>_requirements` line in settings.ini
+
 setuptools.setup(
     name=cfg['lib_name'],
     version=cfg['version'],
@@ -43,8 +45,8 @@ setuptools.setup(
     include_package_data=True,
     python_requires='>=' + min_python,
     install_requires=reqs('requirements'),
-    extras_require={'dev': reqs('dev_requirements') + reqs('onnx_requirements'),
-                    'onnx': reqs('onnx_requirements')},
+    extras_require={'dev': reqs('dev_requirements') + [r for extra in EXTRAS for r in reqs(f'{extra}_requirements')],
+                    **{extra: reqs(f'{extra}_requirements') for extra in EXTRAS}},
     entry_points={
         'console_scripts': reqs('console_scripts'),
         'nbdev': [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"],

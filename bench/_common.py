@@ -21,7 +21,7 @@ def pets_sized_images(dest: Path, n: int, seed: int = 0) -> Path:
     "n synthetic JPEGs at Pets' typical 500x375 / 375x500, quality 90, with breed names (made once)"
     import numpy as np
     from petbreeds.core import BREEDS
-    from petbreeds.testing import breed_traits, draw_pet
+    from petbreeds.demo import breed_traits, draw_pet
     dest = Path(dest)
     if dest.is_dir() and len(list(dest.glob('*.jpg'))) == n: return dest
     dest.mkdir(parents=True, exist_ok=True)

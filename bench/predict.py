@@ -23,7 +23,8 @@ from _common import load, machine, pets_sized_images
 def make_model(folder: Path, images: Path) -> Path:
     "A resnet34 model file at 224 from presize 460 (stand-in body, untrained head: speed doesn't depend on training)"
     from petbreeds.data import pets_dataloaders
-    from petbreeds.inference import export_onnx, save_model
+    from petbreeds.inference import export_onnx
+    from petbreeds.learner import save_model
     from petbreeds.learner import pets_learner
     dls = pets_dataloaders(images, bs=8, size=224, presize=460, device='cpu', progress=False)
     model = save_model(pets_learner(dls, 'resnet34', path=folder), folder/'model.safetensors')
@@ -67,7 +68,7 @@ def main():
     if args.quick: args.calls, args.starts = 30, 3
     warnings.filterwarnings('ignore')
     os.environ.setdefault('PETBREEDS_HOME', tempfile.mkdtemp(prefix='petbreeds-bench-'))
-    from petbreeds.testing import use_standin_weights
+    from petbreeds.demo import use_standin_weights
     use_standin_weights('resnet34')
     print(f"machine: {machine()}")
     print(f"before: {load()}")

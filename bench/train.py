@@ -94,7 +94,7 @@ def main():
     if args.quick: args.n, args.size, args.presize, args.rounds = 192, 128, 256, 2
     warnings.filterwarnings('ignore')
     os.environ.setdefault('PETBREEDS_HOME', tempfile.mkdtemp(prefix='petbreeds-bench-'))
-    from petbreeds.testing import use_standin_weights
+    from petbreeds.demo import use_standin_weights
     use_standin_weights('resnet18', 'resnet34')   # offline: stand-ins where torchvision looks for ImageNet weights
     import torch
     print(f"machine: {machine()}")

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['Evaluation', 'evaluate', 'confusion_matrix', 'most_confused', 'per_class_table', 'species_error', 'reliability',
            'expected_calibration_error', 'plot_confusion', 'plot_reliability', 'plot_top_losses', 'summarise',
-           'write_evaluation', 'item_side', 'write_report']
+           'write_evaluation', 'write_report']
 
 # %% ../nbs/03_interpret.ipynb #38d77b26
 import csv
@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .core import BREEDS, SPECIES, PetbreedsError, species_of
+from .core import PetbreedsError, species_for
+from .input_spec import InputSpec
 
 # %% ../nbs/03_interpret.ipynb #16294a02
 @dataclass
@@ -78,17 +79,14 @@ def per_class_table(ev:Evaluation) -> list:
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
         off = cm[i].copy(); off[i] = 0
         j = int(off.argmax())
-        rows.append({'class': name, 'species': _species(name), 'support': int(support), 'precision': round(float(precision), 4),
+        rows.append({'class': name, 'species': species_for([name])[0], 'support': int(support), 'precision': round(float(precision), 4),
                      'recall': round(float(recall), 4), 'f1': round(float(f1), 4),
                      'mistaken_for': ev.vocab[j] if off[j] else '', 'mistaken_count': int(off[j])})
     return rows
 
-def _species(name):
-    return species_of(name) if name in BREEDS else name if name in SPECIES else None
-
 def species_error(ev:Evaluation) -> float|None:
     "Share of images whose predicted species differs from the true one (None if the classes have no species)"
-    species = [_species(v) for v in ev.vocab]
+    species = species_for(ev.vocab)
     if any(s is None for s in species): return None
     s = np.array(species)
     return float((s[ev.preds] != s[ev.targets]).mean())
@@ -114,7 +112,8 @@ def expected_calibration_error(ev:Evaluation, bins:int=10) -> float:
 def _order(vocab):
     "Class indices ordered cats first, then dogs, then anything else, each alphabetically"
     rank = {'cat': 0, 'dog': 1}
-    return sorted(range(len(vocab)), key=lambda i: (rank.get(_species(vocab[i]), 2), vocab[i].lower()))
+    species = species_for(vocab)
+    return sorted(range(len(vocab)), key=lambda i: (rank.get(species[i], 2), vocab[i].lower()))
 
 def plot_confusion(ev:Evaluation, title:str='confusion matrix (rows normalised; numbers are counts of mistakes)'):
     "A legible, row-normalised confusion matrix: cats then dogs, only off-diagonal cells annotated"
@@ -137,7 +136,7 @@ def plot_confusion(ev:Evaluation, title:str='confusion matrix (rows normalised; 
                         color='white' if share[i, j] > 0.5 * im.get_clim()[1] else 'black')
     ax.set_xticks(range(c)); ax.set_xticklabels(names, rotation=90, fontsize=8)
     ax.set_yticks(range(c)); ax.set_yticklabels(names, fontsize=8)
-    n_cats = sum(_species(ev.vocab[i]) == 'cat' for i in order)
+    n_cats = species_for(ev.vocab).count('cat')
     if 0 < n_cats < c:
         for f in (ax.axhline, ax.axvline): f(n_cats - 0.5, color='black', lw=1.2)
     ax.set_xlabel('predicted'); ax.set_ylabel('actual'); ax.set_title(title, fontsize=10)
@@ -161,11 +160,13 @@ def plot_reliability(ev:Evaluation, bins:int=10):
     ax.legend(loc='upper left', fontsize=8); fig.tight_layout()
     return fig
 
-def plot_top_losses(ev:Evaluation, k:int=9, presize:int=224):
+def plot_top_losses(ev:Evaluation, k:int=9,
+                    spec:InputSpec=None # How the model saw each image (default: the chapter's); images are shown as its square item
+                   ):
     "The `k` images with the highest loss: predicted / actual / loss / probability of the actual class"
     import matplotlib.pyplot as plt
     from PIL import Image
-    from petbreeds.inference import centre_square
+    spec = spec or InputSpec()
     if not ev.items: raise PetbreedsError("this evaluation has no image files to show", "evaluate a DataLoader of files")
     k = min(k, len(ev.targets))
     idx = np.argsort(-ev.losses)[:k]
@@ -173,7 +174,7 @@ def plot_top_losses(ev:Evaluation, k:int=9, presize:int=224):
     fig, axs = plt.subplots(rows, cols, figsize=(3.3 * cols, 3.6 * rows), squeeze=False)
     for ax in axs.flat: ax.axis('off')
     for ax, i in zip(axs.flat, idx):
-        with Image.open(ev.items[i]) as im: ax.imshow(centre_square(im.convert('RGB'), presize))
+        with Image.open(ev.items[i]) as im: ax.imshow(spec.item(im))
         p, t = ev.preds[i], ev.targets[i]
         ax.set_title(f"{ev.vocab[p]} / {ev.vocab[t]}\nloss {ev.losses[i]:.2f}, p(actual) {ev.probs[i, t]:.2f}", fontsize=9,
                      color='firebrick' if p != t else 'black')
@@ -191,13 +192,13 @@ def summarise(ev:Evaluation, ev_tta:Evaluation=None, top:int=5) -> dict:
                       'ece': expected_calibration_error(ev_tta)}
     return res
 
-def write_evaluation(folder:str|Path, ev:Evaluation, ev_tta:Evaluation=None, presize:int=224, extra:dict=None) -> dict:
+def write_evaluation(folder:str|Path, ev:Evaluation, ev_tta:Evaluation=None, spec:InputSpec=None, extra:dict=None) -> dict:
     "Write confusion.png, top_losses.png, calibration.png, per_breed.csv and evaluation.json into `folder`"
     import matplotlib.pyplot as plt
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     summary = {**summarise(ev, ev_tta), **(extra or {})}
     for name, make in (('confusion.png', lambda: plot_confusion(ev)), ('calibration.png', lambda: plot_reliability(ev)),
-                       ('top_losses.png', lambda: plot_top_losses(ev, 9, presize))):
+                       ('top_losses.png', lambda: plot_top_losses(ev, 9, spec))):
         if name == 'top_losses.png' and not ev.items: continue
         fig = make(); fig.savefig(folder/name, dpi=100); plt.close(fig)
     rows = per_class_table(ev)
@@ -223,23 +224,20 @@ _CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;
         "th{background:#f3f3f3}td:first-child{text-align:left}img{max-width:100%;border:1px solid #ddd;margin:.5em 0}"
         ".big{font-size:28px;font-weight:600}.cards{display:flex;gap:2em;flex-wrap:wrap}.note{color:#666;font-size:13px}")
 
-def item_side(dls) -> int:
-    "The side of the square items `dls` presizes to (the cache's side, or `Resize`'s), for showing images"
-    spec = getattr(dls, 'presizing', None)
-    if spec: return spec['presize']
-    resize = next((t for t in dls.train.after_item.fs if type(t).__name__ == 'Resize'), None)
-    return resize.size[0] if resize is not None else 224
+def _read_csv(f:Path) -> list:
+    if not f.exists(): return []
+    with open(f, newline='') as fh: return list(csv.DictReader(fh))
 
 def write_report(folder:str|Path, learn=None, tta:bool=False) -> Path:
     "Write `folder/report.html`: the run's numbers, history and plots on one page (evaluating `learn` if given)"
     folder = Path(folder)
     read = lambda name: json.loads((folder/name).read_text()) if (folder/name).exists() else {}
     if learn is not None:
-        write_evaluation(folder, evaluate(learn), evaluate(learn, tta=True) if tta else None, presize=item_side(learn.dls))
+        from petbreeds.data import input_spec_of
+        write_evaluation(folder, evaluate(learn), evaluate(learn, tta=True) if tta else None, spec=input_spec_of(learn.dls))
     config, metrics, evaluation = read('config.json'), read('metrics.json'), read('evaluation.json')
     options = config.get('options', metrics.get('options', {}))
-    history = list(csv.DictReader(open(folder/'history.csv'))) if (folder/'history.csv').exists() else []
-    per_class = list(csv.DictReader(open(folder/'per_breed.csv'))) if (folder/'per_breed.csv').exists() else []
+    history, per_class = _read_csv(folder/'history.csv'), _read_csv(folder/'per_breed.csv')
     worst = sorted(per_class, key=lambda r: float(r['f1']))[:10]
     cards = [('error rate', evaluation.get('error_rate', metrics.get('error_rate'))), ('accuracy', evaluation.get('accuracy', metrics.get('accuracy'))),
              ('species error', evaluation.get('species_error')), ('ECE', evaluation.get('ece')), ('epochs', metrics.get('epochs')),

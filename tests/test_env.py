@@ -50,5 +50,5 @@ def test_standin_kit_never_overwrites_weights_it_did_not_make(tmp_path, monkeypa
     real = standin_file('resnet18')
     real.parent.mkdir(parents=True)
     real.write_bytes(b'pretend these are the real ImageNet weights')
-    with pytest.raises(PetbreedsError, match='was not made by petbreeds.testing'): standin_weights('resnet18')
+    with pytest.raises(PetbreedsError, match='was not made by petbreeds'): standin_weights('resnet18')
     assert real.read_bytes() == b'pretend these are the real ImageNet weights'

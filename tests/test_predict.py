@@ -17,11 +17,11 @@ from test_cli import assert_one_line_error, petbreeds_cmd
 @pytest.fixture(scope='module')
 def model(tmp_path_factory):
     "A small trained model file and some images it has not seen"
-    from petbreeds.runs import DEMO, TrainConfig, train
+    from petbreeds.runs import TrainConfig, train
     root = tmp_path_factory.mktemp('model')
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv('PETBREEDS_HOME', str(root/'home'))
-        train(TrainConfig(**{**DEMO, 'demo': True, 'num_workers': 0, 'epochs': 1}), out=root/'run', progress='none', report=False)
+        train(TrainConfig(demo=True, num_workers=0, epochs=1), out=root/'run', progress='none', report=False)
     images = synthetic_pets(root/'new', per_class=1, size=96, seed=11, quirks=True)
     return root/'run'/'model.safetensors', images
 
@@ -69,8 +69,18 @@ def test_export_then_predict_with_onnx_runtime(model, subprocess_env, tmp_path):
 
 def test_export_needs_onnx_option_and_a_model(model, subprocess_env, tmp_path):
     model_file, _ = model
-    assert_one_line_error(petbreeds_cmd('export', model_file, env=subprocess_env), 'the following arguments are required: --onnx')
+    assert_one_line_error(petbreeds_cmd('export', model_file, env=subprocess_env), 'one of the arguments --onnx --space is required')
     assert_one_line_error(petbreeds_cmd('export', tmp_path/'none.safetensors', '--onnx', tmp_path/'x.onnx', env=subprocess_env), 'does not exist')
+
+def test_export_refuses_destinations_that_would_destroy_or_cannot_be_written(model, subprocess_env, tmp_path):
+    model_file, _ = model
+    copy = tmp_path/'model.safetensors'; copy.write_bytes(model_file.read_bytes())
+    before = copy.read_bytes()
+    (tmp_path/'afile').write_text('x')
+    for dest, fragment in [(copy, 'is the model being exported'), (tmp_path, 'is a folder'),
+                           (tmp_path/'afile'/'m.onnx', "'" + str(tmp_path/'afile') + "' is a file, not a folder")]:
+        assert_one_line_error(petbreeds_cmd('export', copy, '--onnx', dest, env=subprocess_env), fragment)
+    assert copy.read_bytes() == before and (tmp_path/'afile').read_text() == 'x'
 
 def test_predict_refuses_a_decompression_bomb(model, subprocess_env, tmp_path):
     model_file, _ = model
@@ -123,3 +133,14 @@ def test_predictor_module_needs_no_fastai(model):
     res = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ['False', 'False']
+
+def test_weights_that_dont_fit_the_architecture_are_one_line_in_every_command(model, subprocess_env, tmp_path):
+    "A model file whose header says resnet34 but whose weights are a resnet18's: refused by evaluate, predict and export alike"
+    from petbreeds.inference import load_model, write_model_file
+    model_file, images = model
+    state, meta = load_model(model_file)
+    liar = write_model_file(tmp_path/'liar.safetensors', state, {**meta, 'arch': 'resnet34'})
+    clean = synthetic_pets(tmp_path/'clean', per_class=1, size=64, seed=5)
+    for args in (('evaluate', liar, clean), ('predict', liar, images/'pug_1.jpg'), ('export', liar, '--onnx', tmp_path/'m.onnx')):
+        assert_one_line_error(petbreeds_cmd(*args, env=subprocess_env, timeout=300), "the weights don't fit a resnet34")
+    assert not (tmp_path/'m.onnx').exists()
