@@ -129,3 +129,73 @@ def test_download_command_prints_the_images_folder(served, tmp_path, subprocess_
         again = petbreeds_cmd('download', '--dest', tmp_path, env=env)
         assert again.stdout == res.stdout and len(server.requests) == 1
     assert_one_line_error(petbreeds_cmd('download', '--dest', tmp_path/'offline', env=subprocess_env), "can't reach the Oxford-IIIT Pet archive")
+
+# ---- hostile archives: nothing may be written outside the destination -------------------------------------
+
+def _hostile_archive(path, kind, target):
+    "A Pets-shaped .tgz with one member that tries to write or point outside the folder it is unpacked into"
+    import io, tarfile
+    def add(tar, name, data=b'x', **info):
+        ti = tarfile.TarInfo(name); ti.size = len(data)
+        for k, v in info.items(): setattr(ti, k, v)
+        tar.addfile(ti, io.BytesIO(data) if ti.isreg() else None)
+    with tarfile.open(path, 'w:gz') as tar:
+        add(tar, 'oxford-iiit-pet/images/pug_1.jpg')
+        if kind == 'absolute': add(tar, str(target), b'owned')
+        elif kind == 'dotdot': add(tar, 'oxford-iiit-pet/' + '../' * 12 + str(target).lstrip('/'), b'owned')
+        elif kind == 'symlink': add(tar, 'oxford-iiit-pet/images/Bengal_1.jpg', b'', type=tarfile.SYMTYPE, linkname=str(target))
+        elif kind == 'dir-symlink':
+            add(tar, 'oxford-iiit-pet/escape', b'', type=tarfile.SYMTYPE, linkname=str(target.parent))
+            add(tar, f'oxford-iiit-pet/escape/{target.name}', b'owned')
+        elif kind == 'hardlink': add(tar, 'oxford-iiit-pet/images/Bengal_1.jpg', b'', type=tarfile.LNKTYPE, linkname=str(target))
+    return path
+
+@pytest.mark.parametrize('kind', ['absolute', 'dotdot', 'symlink', 'dir-symlink', 'hardlink'])
+def test_hostile_archive_writes_nothing_outside_the_destination(tmp_path, kind):
+    """Members that escape by '../', by a link out of the folder, or through such a link are refused outright;
+    an absolute name has its leading '/' taken off by tarfile's data filter, so it lands inside (and the result
+    is then not a Pets folder)"""
+    victim = tmp_path/'elsewhere'/'victim.txt'
+    victim.parent.mkdir(); victim.write_text('precious')
+    served = tmp_path/'served'; served.mkdir()
+    _hostile_archive(served/'oxford-iiit-pet.tgz', kind, victim)
+    dest = tmp_path/'dest'
+    before = snapshot(tmp_path/'elsewhere')
+    with serve_folder(served) as server:
+        with pytest.raises(PetbreedsError) as info:
+            get_pets(dest, url=server.url + 'oxford-iiit-pet.tgz')
+    if kind == 'absolute':
+        assert 'is not an unpacked Pets archive' in str(info.value)
+        assert list(dest.rglob('victim.txt')) and all(dest in p.parents for p in dest.rglob('victim.txt'))
+    else:
+        assert 'was refused and deleted, nothing was kept' in str(info.value) and 'a folder of images you trust' in str(info.value)
+        assert not (dest/'oxford-iiit-pet').exists() and not (dest/'archive'/'oxford-iiit-pet.tgz').exists()
+    assert snapshot(tmp_path/'elsewhere') == before and victim.read_text() == 'precious'
+    assert {p.name for p in tmp_path.iterdir()} <= {'dest', 'elsewhere', 'served', 'petbreeds_home'}
+    import tarfile
+    assert tarfile.TarFile.extraction_filter is None   # the filter was for the unpacking only
+
+def test_download_command_refuses_a_hostile_archive_in_one_line(tmp_path, subprocess_env):
+    served = tmp_path/'served'; served.mkdir()
+    _hostile_archive(served/'oxford-iiit-pet.tgz', 'dotdot', tmp_path/'owned.txt')
+    with serve_folder(served) as server:
+        env = {**subprocess_env, 'PETBREEDS_PETS_URL': server.url + 'oxford-iiit-pet.tgz'}
+        assert_one_line_error(petbreeds_cmd('download', '--dest', tmp_path/'dest', env=env), 'was refused and deleted')
+    assert not (tmp_path/'owned.txt').exists()
+
+def test_check_survives_looping_links_and_a_file_that_cant_be_read(tmp_path, subprocess_env):
+    import os
+    images = synthetic_pets(tmp_path/'images', per_class=1, size=32)
+    before = snapshot(images)
+    os.symlink('.', images/'loop'); os.symlink('..', images/'up')      # os.walk alone would never end
+    os.symlink(tmp_path/'gone.jpg', images/'Bengal_2.jpg')              # a link to nothing: reading it fails
+    links = {p.name: os.readlink(p) for p in images.iterdir() if p.is_symlink()}
+    res = petbreeds_cmd('check', images, '--json', env=subprocess_env, timeout=300)
+    assert res.returncode == 1, res.stderr
+    report = json.loads(res.stdout)
+    assert report['image_files'] == 38 and sum(report['per_breed'].values()) == 37
+    assert list(report['unreadable']) == ['Bengal_2.jpg'] and "can't be read" in report['unreadable']['Bengal_2.jpg']
+    assert report['duplicates'] == []
+    assert {p.name: os.readlink(p) for p in images.iterdir() if p.is_symlink()} == links
+    for link in links: os.unlink(images/link)
+    assert snapshot(images) == before

@@ -112,7 +112,7 @@ def test_a_killed_run_resumes_to_the_full_number_of_epochs(subprocess_env, tmp_p
     with open(run/'history.csv') as f: before = len(list(csv.DictReader(f)))
     assert 2 <= before < 4
     assert not (run/'model.safetensors').exists()
-    res = petbreeds_cmd('train', '--resume', '--out', run, env=subprocess_env, cwd=tmp_path)
+    res = petbreeds_cmd('train', '--resume', '--out', 'run', env=subprocess_env, cwd=tmp_path)   # relative, as runs/... is
     assert res.returncode == 0, res.stderr
     with open(run/'history.csv') as f: rows = list(csv.DictReader(f))
     assert [int(r['epoch']) for r in rows] == [1, 2, 3, 4]
