@@ -149,9 +149,10 @@ def _launch(args, named:bool) -> int:
     print(f"petbreeds: training as {args.nproc} data-parallel processes under torchrun; run folder: {args.out}", file=sys.stderr)
     return launch(args.argv + (['--out', args.out] if named else []), args.nproc)
 
-def _announce(cfg, out, start):
+def _announce(cfg, out, start, resumed):
     "What the run is about to do, once its options are checked and its folder claimed (process 0 only)"
-    if start != (0, 0): print(f"petbreeds: resuming the run in {out} after its last checkpoint, with its saved options", file=sys.stderr)
+    if resumed and start == (0, 0): print(f"petbreeds: the run in {out} has no finished epoch: starting it again, with its saved options", file=sys.stderr)
+    elif resumed: print(f"petbreeds: resuming the run in {out} after its last checkpoint, with its saved options", file=sys.stderr)
     elif cfg.demo: print("petbreeds: demo: synthetic pet images and stand-in pretrained weights, small sizes for a CPU; "
                          "the first run on a machine also builds the stand-ins (about a minute)", file=sys.stderr)
 

@@ -140,3 +140,49 @@ def test_pretrained_beats_random_weights_on_the_kit(tmp_path, monkeypatch):
     assert pretrained['epochs'] == scratch['epochs'] == 3
     assert pretrained['accuracy'] >= 0.80, pretrained['accuracy']
     assert pretrained['accuracy'] >= scratch['accuracy'] + 0.30, (pretrained['accuracy'], scratch['accuracy'])
+
+def _start_demo(run, env, cwd, *extra):
+    "A demo training run in the background, and the moment its config.json (written once the folder is claimed) appears"
+    proc = subprocess.Popen([str(BIN/'petbreeds'), 'train', '--demo', '--out', str(run), *map(str, extra)], env=env, cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None and not (run/'config.json').exists(): time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be caught in the act"
+    return proc
+
+def test_a_run_folder_has_one_owner_at_a_time(subprocess_env, tmp_path):
+    run = tmp_path/'run'
+    first = _start_demo(run, subprocess_env, tmp_path, '--epochs', 1)
+    try:
+        second = petbreeds_cmd('train', '--resume', '--out', run, env=subprocess_env, cwd=tmp_path)
+        fresh = petbreeds_cmd('train', '--demo', '--out', run, env=subprocess_env, cwd=tmp_path)
+        out, err = first.communicate(timeout=600)
+    finally: first.kill()
+    assert_one_line_error(second, f"another petbreeds process is training in '{run}'")
+    assert_one_line_error(fresh, 'already holds files')
+    assert first.returncode == 0, err
+    with open(run/'history.csv') as f: assert [r['epoch'] for r in csv.DictReader(f)] == ['1', '2']   # one writer
+
+def test_a_run_killed_before_its_first_checkpoint_starts_again_on_resume(subprocess_env, tmp_path):
+    run = tmp_path/'run'
+    proc = _start_demo(run, subprocess_env, tmp_path, '--epochs', 1)
+    proc.send_signal(signal.SIGKILL); proc.wait()
+    assert not (run/'checkpoints'/'progress.json').exists()
+    assert_one_line_error(petbreeds_cmd('train', '--demo', '--out', run, env=subprocess_env, cwd=tmp_path), 'already holds files')
+    res = petbreeds_cmd('train', '--resume', '--out', 'run', env=subprocess_env, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert 'has no finished epoch: starting it again, with its saved options' in res.stderr
+    assert json.loads((run/'metrics.json').read_text())['epochs'] == 2 and (run/'model.safetensors').exists()
+
+def test_out_naming_a_file_is_one_line(subprocess_env, tmp_path):
+    (tmp_path/'notes.txt').write_text('mine')
+    assert_one_line_error(petbreeds_cmd('train', '--demo', '--out', tmp_path/'notes.txt', env=subprocess_env, cwd=tmp_path), 'is a file, not a run folder')
+    assert (tmp_path/'notes.txt').read_text() == 'mine'
+
+def test_a_diverging_run_stops_with_one_line_and_no_model(subprocess_env, tmp_path):
+    res = petbreeds_cmd('train', '--demo', '--lr', '1e6', '--epochs', 1, '--out', tmp_path/'run', env=subprocess_env, cwd=tmp_path)
+    assert res.returncode == 2 and 'Traceback' not in res.stderr, res.stderr
+    notice, error = res.stderr.strip().splitlines()   # the demo's notice as it started, then the one error line
+    assert notice.startswith('petbreeds: demo: ') and error.startswith('petbreeds: error: the training loss became NaN or infinite at a learning rate of 1e+06')
+    assert 'e.g. 100000' in error
+    assert not (tmp_path/'run'/'model.safetensors').exists() and not (tmp_path/'run'/'metrics.json').exists()
