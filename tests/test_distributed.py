@@ -5,6 +5,7 @@ stalls ending the run with one line instead of a hang.
 Run as a script, this file is the training program each process runs:
     python -m torch.distributed.run --standalone --nproc-per-node 2 tests/test_distributed.py ok OUT IMAGES TIMEOUT
 """
+import csv
 import json
 import os
 import socket
@@ -212,6 +213,48 @@ def test_train_nproc_2_replicas_agree_and_validation_counts_once(cli_runs):
     assert abs(m2['accuracy'] - m1['accuracy']) <= ACCURACY_TOLERANCE, (m2['accuracy'], m1['accuracy'])
     from petbreeds.inference import Predictor    # the model file is whole and answers
     assert Predictor.from_file(d/'two'/'model.safetensors').predict([next((d/'images').glob('pug_*.jpg'))])[0]['predictions']
+
+def _worker_pid(out:Path, local_rank:int) -> int|None:
+    "The pid of the training process with `local_rank` whose command line names the run folder `out`"
+    for proc in Path('/proc').iterdir():
+        if not proc.name.isdigit(): continue
+        try:
+            cmd = (proc/'cmdline').read_bytes().split(b'\0')
+            env = (proc/'environ').read_bytes().split(b'\0')
+        except OSError: continue
+        if str(out).encode() in cmd and b'train' in cmd and f'LOCAL_RANK={local_rank}'.encode() in env: return int(proc.name)
+    return None
+
+def test_a_distributed_run_whose_process_dies_resumes(cli_runs, subprocess_env):
+    "Process 1 is killed after the first unfrozen epoch; `--resume --nproc 2` finishes the run on two processes"
+    import signal
+    from test_cli import BIN, petbreeds_cmd
+    d, _, _ = cli_runs
+    run = d/'resumed'
+    env = {**subprocess_env, 'PETBREEDS_HOME': str(d/'home'), 'OMP_NUM_THREADS': '1'}
+    cmd = [str(BIN/'petbreeds'), 'train', str(d/'images'), '--arch', 'resnet18', '--size', '64', '--presize', '64', '--epochs', '3',
+           '--freeze-epochs', '1', '--valid-pct', '0.3', '--num-workers', '0', '--bs', '8', '--nproc', '2', '--out', str(run)]
+    launcher = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    progress, deadline, killed = run/'checkpoints'/'progress.json', time.time() + 300, None
+    try:
+        while time.time() < deadline and launcher.poll() is None:
+            if progress.exists() and json.loads(progress.read_text())['stage'] == 1:   # the first unfrozen epoch is done
+                killed = _worker_pid(run, 1)
+                if killed: os.kill(killed, signal.SIGKILL)
+                break
+            time.sleep(0.1)
+        _, err = launcher.communicate(timeout=240)
+    finally: launcher.kill()
+    assert killed, "the run ended before process 1 could be killed"
+    assert launcher.returncode != 0, err[-3000:]                  # the run stopped: torchrun ended process 0 too
+    assert not (run/'model.safetensors').exists()
+    res = petbreeds_cmd('train', '--resume', '--out', run, '--nproc', 2, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert 'resuming the run in' in res.stderr
+    with open(run/'history.csv') as f: rows = list(csv.DictReader(f))
+    assert [int(r['epoch']) for r in rows] == [1, 2, 3, 4] and [r['stage'] for r in rows] == ['frozen'] + ['unfrozen'] * 3
+    metrics = json.loads((run/'metrics.json').read_text())
+    assert metrics['processes'] == 2 and metrics['epochs'] == 4 and len(set(metrics['replica_checksums'])) == 1
 
 if __name__ == '__main__':
     mode, out, images, timeout = sys.argv[1:5]
