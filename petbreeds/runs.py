@@ -271,7 +271,7 @@ def train(cfg:TrainConfig=None, # The options; None: all defaults
           progress:str='bars', # 'bars' (fastprogress), 'lines' (one printed line per epoch) or 'none'
           report:bool=True, # Write report.html at the end
           cbs:list=None, # More fastai callbacks for the fit
-          on_start=None, # Called as `on_start(cfg, out, start)` when the run is checked and its folder claimed (see `prepare`)
+          on_start=None, # Called as `on_start(cfg, out, start, resume_run)` when the run is checked and its folder claimed (see `prepare`)
           **options # Options for a `TrainConfig` when `cfg` is None, e.g. `demo=True`
          ) -> dict:
     "Train a pet classifier and record the run in `out`; return its final metrics"
