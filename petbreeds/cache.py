@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from .core import PetbreedsError, PetbreedsWarning, data_home
-from .input_spec import cache_side, short_side_shape
+from .input_spec import cache_side, short_side_shape, upright_rgb, upright_size
 
 # %% ../nbs/01a_cache.ipynb #1ccb26a0
 from fastai.data.transforms import IntToFloatTensor
@@ -29,14 +29,14 @@ from fastai.torch_core import TensorImage
 from fastai.vision.augment import RandTransform
 
 # %% ../nbs/01a_cache.ipynb #2ed3e40e
-CACHE_VERSION = 1
+CACHE_VERSION = 2   # 2: images turned upright by their EXIF orientation, 16-bit scaled to 8
 
 def cache_key(files:list, side:int) -> str:
     "A hash of the files (path, size, mtime), the side and the cache version"
     h = hashlib.sha256(f"petbreeds-cache {CACHE_VERSION} {side}\n".encode())
     for f in files:
         st = os.stat(f)
-        h.update(f"{Path(f).resolve()}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+        h.update(os.fsencode(Path(f).resolve()) + f"\t{st.st_size}\t{st.st_mtime_ns}\n".encode())   # fsencode: any file name, UTF-8 or not
     return h.hexdigest()[:20]
 
 # %% ../nbs/01a_cache.ipynb #1185cadd
@@ -88,14 +88,14 @@ def _build(files, side, folder, workers, progress):
     shapes, failed, good = [], {}, []
     for f in files:
         try:
-            with Image.open(f) as im: shapes.append(short_side_shape(*im.size, side)); good.append(f)
+            with Image.open(f) as im: shapes.append(short_side_shape(*upright_size(im), side)); good.append(f)
         except Exception as e: failed[f.name] = f"not an image ({type(e).__name__})"
     offsets = np.concatenate([[0], np.cumsum([h * w * 3 for h, w in shapes])]).astype(np.int64)
     pixels = np.memmap(tmp/'pixels.u8', dtype=np.uint8, mode='w+', shape=(max(int(offsets[-1]), 1),))
     def work(i):
         f, (h, w) = good[i], shapes[i]
         try:
-            with Image.open(f) as im: arr = np.asarray(im.convert('RGB').resize((w, h), Image.BILINEAR))
+            with Image.open(f) as im: arr = np.asarray(upright_rgb(im).resize((w, h), Image.BILINEAR))
         except Exception as e: return f, f"cannot be decoded ({' '.join(str(e).split())[:80]})"
         pixels[offsets[i]: offsets[i + 1]] = arr.reshape(-1)
         return f, None

@@ -169,7 +169,7 @@ def run_train(args) -> int:
     progress = 'bars' if sys.stdout.isatty() and not args.no_progress else 'lines'
     try: metrics = train(cfg, out=args.out, resume_run=args.resume, progress=progress, on_start=_announce)
     except RunOutOfMemory as e:
-        raise PetbreedsError(e.problem, f"use a smaller --bs (e.g. {max(1, e.bs // 2)}) or --precision bf16/fp16, then: petbreeds train --resume --out {e.out}") from None
+        raise PetbreedsError(e.problem, f"use a smaller --bs (e.g. {max(2, e.bs // 2)}) or --precision bf16/fp16, then: petbreeds train --resume --out {e.out}") from None
     if not me.is_main: return 0   # process 0 reports the run
     out = metrics['run_folder']
     print(f"run folder: {out}")
@@ -328,6 +328,8 @@ def _interrupted(args) -> str:
 
 def main(argv:list=None) -> int:
     "Run the `petbreeds` command with `argv` (default: the process's arguments); return the exit code"
+    for stream in (sys.stdout, sys.stderr):   # a file name that is not valid UTF-8 prints as \udcff escapes, never a crash
+        if hasattr(stream, 'reconfigure'): stream.reconfigure(errors='backslashreplace')
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else map(str, argv))
     args = parser.parse_args(argv)

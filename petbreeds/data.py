@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 
 from .core import PetbreedsError, PetbreedsWarning, data_home, get_device
-from .input_spec import InputSpec
+from .input_spec import InputSpec, pixel_problem
 from .options import DEFAULTS
 
 # %% ../nbs/01_data.ipynb #f2cbe42d
@@ -159,8 +159,12 @@ def image_problem(path:Path, decode:bool=False) -> str|None:
     "Why `path` can't be used as an image, or None; `decode=True` decodes it fully to be sure"
     try:
         if path.stat().st_size == 0: return 'empty file'
-        with Image.open(path) as im:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', Image.DecompressionBombWarning)   # pixel_problem decides, as in every command
+            im = Image.open(path)
+        with im:
             fmt = im.format
+            if pixel_problem(im): return 'too large to decode safely'
             if decode:
                 if fmt == 'JPEG': im.draft('RGB', (max(1, im.width // 8), max(1, im.height // 8)))
                 im.load()
@@ -283,8 +287,9 @@ def pets_dataloaders(path:str|Path=None, # Folder of Pets-style images (default:
                      **kwargs # Passed to `DataBlock.dataloaders`
                     ):
     "The chapter's DataLoaders for Pets: presized, augmented on the device, ImageNet-normalised"
-    if not isinstance(bs, int) or isinstance(bs, bool) or bs < 1:
-        raise PetbreedsError(f"batch size must be a whole number of at least 1, got {bs!r}", f"pass e.g. --bs {DEFAULTS.bs}")
+    if not isinstance(bs, int) or isinstance(bs, bool) or bs < 2:
+        raise PetbreedsError(f"batch size must be a whole number of at least 2 (the new head's BatchNorm needs two images a batch), got {bs!r}",
+                             f"pass e.g. --bs {DEFAULTS.bs}")
     _check_valid_pct(valid_pct)
     _check_sizes(size, presize, min_scale)
     path = Path(path) if path is not None else get_pets()
@@ -294,10 +299,16 @@ def pets_dataloaders(path:str|Path=None, # Folder of Pets-style images (default:
         if presize is None: raise PetbreedsError("the cache stores presized images, but presize is None", "pass a presize, or cache=False")
         from petbreeds.cache import open_cache
         store, items = open_cache(items, size, presize, progress=progress)
-    n_train = len(items) - int(valid_pct * len(items))
+    n_valid = int(valid_pct * len(items))   # as fastai's RandomSplitter counts it
+    if n_valid == 0:
+        raise PetbreedsError(f"a validation share of {valid_pct} of the {len(items)} images in '{path}' is no image at all",
+                             f"use --valid-pct {math.ceil(100 / len(items)) / 100} or more, or more images")
+    n_train = len(items) - n_valid
+    if n_train < 2:
+        raise PetbreedsError(f"only {n_train} of the {len(items)} images in '{path}' are left for training", "use a smaller --valid-pct, or more images")
     if n_train < bs:
         raise PetbreedsError(f"batch size {bs} is larger than the {n_train} training images in '{path}'",
-                             f"use --bs {max(1, 2 ** (n_train.bit_length() - 1) if n_train > 1 else 1)} or less, or more images")
+                             f"use --bs {2 ** (n_train.bit_length() - 1)} or less, or more images")
     block = pets_block(size, presize, min_scale, target, valid_pct, seed, presize_cache=store, one_pass=one_pass, get_items=None)
     if num_workers is None and cache: num_workers = 0   # reading the cache is cheaper than passing batches between processes
     if num_workers is not None: kwargs['num_workers'] = num_workers

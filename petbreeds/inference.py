@@ -4,7 +4,8 @@
 
 # %% auto #0
 __all__ = ['MODEL_FORMAT', 'FORMAT_VERSION', 'READABLE_VERSIONS', 'model_meta', 'write_model_file', 'read_model_meta',
-           'load_model', 'load_weights', 'build_model', 'prepare_image', 'open_image', 'Predictor', 'export_onnx']
+           'read_tensors', 'load_model', 'load_weights', 'build_model', 'prepare_image', 'open_image', 'Predictor',
+           'export_onnx']
 
 # %% ../nbs/04_inference.ipynb #7fe5f852
 import contextlib
@@ -20,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from .core import RESNETS, SPECIES, PetbreedsError, library_versions, replace_when_done, species_for
-from .input_spec import InputSpec
+from .input_spec import InputSpec, pixel_problem, upright_rgb
 
 # %% ../nbs/04_inference.ipynb #9d440136
 MODEL_FORMAT, FORMAT_VERSION = 'petbreeds-model', 2
@@ -61,7 +62,7 @@ def read_model_meta(path:str|Path) -> dict:
     path = Path(path)
     if not path.is_file(): raise PetbreedsError(f"model file '{path}' does not exist", "pass the model.safetensors from a run folder")
     try:
-        with safe_open(str(path), framework='numpy') as f: header = f.metadata() or {}
+        with safe_open(path, framework='numpy') as f: header = f.metadata() or {}   # a Path: safetensors reads any file name as a Path, only UTF-8 ones as text
     except Exception as e:
         raise _not_a_model(path, f"not a safetensors file: {' '.join(str(e).split())[:80]}") from None
     return _check_meta(path, header.get('petbreeds'))
@@ -86,11 +87,18 @@ def _check_meta(path, text):
     except PetbreedsError as e: raise _not_a_model(path, e.problem) from None
     return {**meta, 'input': spec.to_dict()}
 
+def read_tensors(path:str|Path) -> dict:
+    "The tensors of a .safetensors file (never pickled code), whatever bytes its name is made of"
+    from safetensors.torch import load, load_file
+    path = Path(path)
+    try: str(path).encode('utf-8')
+    except UnicodeEncodeError: return load(path.read_bytes())   # safetensors opens only UTF-8 names itself
+    return load_file(path)
+
 def load_model(path:str|Path) -> tuple:
     "The `(state_dict, meta)` of a petbreeds model file, refusing anything else"
-    from safetensors.torch import load_file
     meta = read_model_meta(path)
-    return load_file(str(path)), meta
+    return read_tensors(path), meta
 
 # %% ../nbs/04_inference.ipynb #f76ffefd
 def load_weights(model, state:dict, arch:str):
@@ -176,23 +184,25 @@ def _name(src):
     return str(src) if isinstance(src, (str, Path)) else '<bytes>' if isinstance(src, (bytes, bytearray)) else '<image>'
 
 def open_image(src) -> Image.Image:
-    "A fully decoded RGB `PIL.Image` from a path, bytes or an image, or a `PetbreedsError` saying why not"
-    if isinstance(src, Image.Image): return src.convert('RGB')
+    "A fully decoded, upright, 8-bit RGB `PIL.Image` from a path, bytes or an image, or a `PetbreedsError` saying why not"
+    if isinstance(src, Image.Image): return upright_rgb(src)
     name = _name(src)
     if isinstance(src, (str, Path)):
         if not Path(src).is_file(): raise PetbreedsError(f"no image file '{name}'", "check the path")
         fh = open(src, 'rb')
     elif isinstance(src, (bytes, bytearray)): fh = io.BytesIO(src)
     else: raise PetbreedsError(f"can't read an image from a {type(src).__name__}", "pass a path, bytes or a PIL image")
+    too_large = "shrink it first, or raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file"
     try:
         with fh, warnings.catch_warnings():
-            warnings.simplefilter('error', Image.DecompressionBombWarning)
+            warnings.simplefilter('ignore', Image.DecompressionBombWarning)   # pixel_problem decides, as in every command
             img = Image.open(fh)
+            problem = pixel_problem(img)
+            if problem: raise PetbreedsError(f"'{name}' is {problem} and was not decoded", too_large)
             img.load()
-            return img.convert('RGB')
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise PetbreedsError(f"'{name}' declares more pixels than the safe limit of {Image.MAX_IMAGE_PIXELS} and was not decoded",
-                             "shrink it first, or raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file") from None
+            return upright_rgb(img)
+    except Image.DecompressionBombError:
+        raise PetbreedsError(f"'{name}' declares more pixels than the safe limit of {Image.MAX_IMAGE_PIXELS} and was not decoded", too_large) from None
     except Image.UnidentifiedImageError:
         raise PetbreedsError(f"'{name}' is not an image", "pass a JPEG, PNG or another format Pillow reads") from None
     except (OSError, SyntaxError, ValueError) as e:

@@ -260,5 +260,5 @@ def write_report(folder:str|Path, learn=None, tta:bool=False) -> Path:
     versions = config.get('versions', metrics.get('versions', {}))
     parts.append("<p class='note'>" + html.escape(', '.join(f'{k} {v}' for k, v in versions.items())) + "</p>")
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>petbreeds run {html.escape(folder.name)}</title><style>{_CSS}</style></head><body>{''.join(parts)}</body></html>"
-    (folder/'report.html').write_text(page)
+    (folder/'report.html').write_text(page, encoding='utf-8', errors='backslashreplace')   # any file name, UTF-8 or not
     return folder/'report.html'

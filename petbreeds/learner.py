@@ -53,8 +53,8 @@ def load_state_dict_file(path:str|Path) -> dict:
     if not path.is_file(): raise PetbreedsError(f"weights file '{path}' does not exist", "pass an existing file, or --weights imagenet|none")
     try:
         if path.suffix == '.safetensors':
-            from safetensors.torch import load_file
-            state = load_file(str(path))
+            from petbreeds.inference import read_tensors
+            state = read_tensors(path)
         else: state = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
         raise PetbreedsError(f"'{path}' is not a state dict that can be loaded safely ({type(e).__name__}: {' '.join(str(e).split())[:160]})",
@@ -190,6 +190,7 @@ def run_stages(learn:Learner, stages:list, start:tuple=(0, 0), # (stage, epoch) 
             # absolute: fastai joins a relative name onto learn.path/model_dir, which for a run is the same folder again
             learn.load(Path(resume_from).absolute(), with_opt=True); resume_from = None
         learn.fit_one_cycle(stage.epochs, stage.lr, pct_start=stage.pct_start, div=stage.div, start_epoch=skip, cbs=cbs)
+    if resume_from is not None: learn.load(Path(resume_from).absolute(), with_opt=True)   # every epoch was done: the last one's weights
     return learn
 
 # %% ../nbs/02_learner.ipynb #f3cb0e95

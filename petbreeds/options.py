@@ -15,8 +15,9 @@ from .core import PRECISIONS, PetbreedsError
 # %% ../nbs/00b_options.ipynb #26e54609
 KINDS = {  # kind: what a valid value is, as the error says it ("expected ...")
     'text': 'text', 'count': '0 or more', 'positive_int': 'a number above 0', 'positive': 'a number above 0',
-    'fraction': 'a number between 0 and 1', 'fraction_or_one': 'a number above 0 and at most 1'}
-WHOLE = ('count', 'positive_int')   # the kinds that take whole numbers only
+    'fraction': 'a number between 0 and 1', 'fraction_or_one': 'a number above 0 and at most 1',
+    'batch': "2 or more (the new head's BatchNorm needs two images a batch to train)"}
+WHOLE = ('count', 'positive_int', 'batch')   # the kinds that take whole numbers only
 
 def option(default, # The value when neither the user nor --demo gives one
            help:str, # One line for --help
@@ -35,7 +36,7 @@ def value_problem(kind:str, # One of `KINDS`
     if kind == 'text': return None if isinstance(value, str) else f"expected text, got {value!r}"
     if kind in WHOLE and not _is_int(value): return f"expected a whole number, got {value!r}"
     if not (isinstance(value, (int, float)) and not isinstance(value, bool)): return f"expected a number, got {value!r}"
-    ok = math.isfinite(value) and {'count': value >= 0, 'positive_int': value > 0, 'positive': value > 0, 'fraction': 0 < value < 1, 'fraction_or_one': 0 < value <= 1}[kind]
+    ok = math.isfinite(value) and {'count': value >= 0, 'positive_int': value > 0, 'positive': value > 0, 'batch': value >= 2, 'fraction': 0 < value < 1, 'fraction_or_one': 0 < value <= 1}[kind]
     return None if ok else f"expected {KINDS[kind]}, got {value!r}"
 
 def _flag(f): return '--' + f.name.replace('_', '-')
@@ -68,7 +69,7 @@ class TrainConfig:
     size: int = option(224, "pixels: side of the square the model sees", 'presizing', 'positive_int', demo=64)
     presize: int = option(460, "pixels: side of the square items are cropped to first", 'presizing', 'positive_int', demo=96)
     min_scale: float = option(0.75, "smallest share of the item the random crop keeps", 'presizing', 'fraction_or_one')
-    bs: int = option(64, "images per batch", 'presizing', 'positive_int', demo=32)
+    bs: int = option(64, "images per batch", 'presizing', 'batch', demo=32)
     arch: str = option('resnet34', "architecture: resnet18, 34, 50, 101 or 152", 'model', demo='resnet18')
     weights: str = option('imagenet', "starting weights: imagenet, none, or a state-dict file", 'model')
     epochs: int = option(2, "epochs with the body unfrozen", 'schedule', 'count')

@@ -21,7 +21,6 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from PIL import ImageOps
 
 from .core import PetbreedsError
 from .inference import Predictor, export_onnx, open_image, read_model_meta
@@ -70,7 +69,7 @@ def classify_file(predictor:Predictor, # From `load_predictor` or `Predictor.fro
                  ) -> dict:
     "The `top_k` breeds of the photo at `path` with their probabilities, its species and the seconds taken"
     start = time.perf_counter()
-    photo = ImageOps.exif_transpose(open_image(path))   # upright, as the camera meant it
+    photo = open_image(path)   # upright, as the camera meant it, as every command decodes
     res = predictor.predict([photo], top_k=top_k)[0]
     return {'labels': [p['label'] for p in res['predictions']],
             'probabilities': [p['probability'] for p in res['predictions']],

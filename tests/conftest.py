@@ -29,5 +29,6 @@ def private_home(tmp_path, monkeypatch):
     monkeypatch.setenv('PETBREEDS_HOME', str(tmp_path/'petbreeds_home'))
 
 def pytest_configure(config):
+    config.addinivalue_line('markers', 'hostile: an input crafted or damaged to break petbreeds (`pytest -m hostile` runs them all)')
     # fastai's import calls torch.jit.script, which torch 2.14 deprecates: noise, not a finding
     config.addinivalue_line('filterwarnings', 'ignore:`torch.jit.script` is deprecated:FutureWarning')

@@ -140,6 +140,7 @@ def test_fastai_distributed_dl_fails_on_a_cpu(images, tmp_path):
     assert res.returncode != 0
     assert 'Found no NVIDIA driver' in res.stderr or 'not compiled with CUDA' in res.stderr, res.stderr[-3000:]
 
+@pytest.mark.hostile
 def test_a_stalled_process_ends_the_run_with_one_line(images, tmp_path):
     "Process 1 hangs mid-epoch (alive, so torchrun can't see it); process 0's collective times out after 5 s"
     res, seconds = torchrun('hang', tmp_path, images, env_for(tmp_path), timeout=5, limit=150)
@@ -152,6 +153,7 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
 
+@pytest.mark.hostile
 def test_a_dead_process_ends_the_run_with_one_line(images, tmp_path):
     "Two processes started by hand, as on two machines: nobody to clean up but the survivor itself"
     port, procs = free_port(), []
@@ -225,6 +227,7 @@ def _worker_pid(out:Path, local_rank:int) -> int|None:
         if str(out).encode() in cmd and b'train' in cmd and f'LOCAL_RANK={local_rank}'.encode() in env: return int(proc.name)
     return None
 
+@pytest.mark.hostile
 def test_a_distributed_run_whose_process_dies_resumes(cli_runs, subprocess_env):
     "Process 1 is killed after the first unfrozen epoch; `--resume --nproc 2` finishes the run on two processes"
     import signal

@@ -25,6 +25,7 @@ def model(tmp_path_factory):
     images = synthetic_pets(root/'new', per_class=1, size=96, seed=11, quirks=True)
     return root/'run'/'model.safetensors', images
 
+@pytest.mark.hostile
 def test_predict_mixed_good_and_bad_images(model, subprocess_env, tmp_path):
     model_file, images = model
     good = [images/'pug_1.jpg', images/'Bengal_1.jpg']
@@ -72,6 +73,7 @@ def test_export_needs_onnx_option_and_a_model(model, subprocess_env, tmp_path):
     assert_one_line_error(petbreeds_cmd('export', model_file, env=subprocess_env), 'one of the arguments --onnx --space is required')
     assert_one_line_error(petbreeds_cmd('export', tmp_path/'none.safetensors', '--onnx', tmp_path/'x.onnx', env=subprocess_env), 'does not exist')
 
+@pytest.mark.hostile
 def test_export_refuses_destinations_that_would_destroy_or_cannot_be_written(model, subprocess_env, tmp_path):
     model_file, _ = model
     copy = tmp_path/'model.safetensors'; copy.write_bytes(model_file.read_bytes())
@@ -82,6 +84,7 @@ def test_export_refuses_destinations_that_would_destroy_or_cannot_be_written(mod
         assert_one_line_error(petbreeds_cmd('export', copy, '--onnx', dest, env=subprocess_env), fragment)
     assert copy.read_bytes() == before and (tmp_path/'afile').read_text() == 'x'
 
+@pytest.mark.hostile
 def test_predict_refuses_a_decompression_bomb(model, subprocess_env, tmp_path):
     model_file, _ = model
     Image.new('1', (20_000, 20_000)).save(tmp_path/'bomb.png')   # 400 million pixels in a few kilobytes
@@ -99,6 +102,7 @@ def _evil(path, kind, marker):
     else: torch.save({'model': _PlantMarker(marker)}, path)
     return path
 
+@pytest.mark.hostile
 @pytest.mark.parametrize('name', ['model.safetensors', 'model.pth', 'model.pkl', 'model.onnx', 'export.pkl'])
 @pytest.mark.parametrize('kind', ['pickle', 'torch.save'])
 def test_a_pickle_is_refused_and_runs_no_code(name, kind, tmp_path):
@@ -112,6 +116,7 @@ def test_a_pickle_is_refused_and_runs_no_code(name, kind, tmp_path):
         with pytest.raises(PetbreedsError, match='is not a petbreeds model file'): load_model(path)
     assert not marker.exists(), "...but opening it as a model never unpickled it"
 
+@pytest.mark.hostile
 def test_every_command_refuses_a_pickle_with_one_line(tmp_path, subprocess_env):
     marker = tmp_path/'pwned'
     for path in (_evil(tmp_path/'model.safetensors', 'torch.save', marker), _evil(tmp_path/'model.pkl', 'pickle', marker)):
@@ -119,6 +124,7 @@ def test_every_command_refuses_a_pickle_with_one_line(tmp_path, subprocess_env):
             assert_one_line_error(petbreeds_cmd(*cmd, env=subprocess_env), 'is not a petbreeds model file')
     assert not marker.exists()
 
+@pytest.mark.hostile
 def test_weights_option_refuses_a_pickle_too(tmp_path):
     from petbreeds.learner import load_state_dict_file
     marker = tmp_path/'pwned'
@@ -134,6 +140,7 @@ def test_predictor_module_needs_no_fastai(model):
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ['False', 'False']
 
+@pytest.mark.hostile
 def test_weights_that_dont_fit_the_architecture_are_one_line_in_every_command(model, subprocess_env, tmp_path):
     "A model file whose header says resnet34 but whose weights are a resnet18's: refused by evaluate, predict and export alike"
     from petbreeds.inference import load_model, write_model_file

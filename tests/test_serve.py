@@ -159,6 +159,7 @@ def test_api_answers_as_the_predictor_does(client, demo_model, uploads):
     ('empty', 'is not an image'),                        # zero bytes
     ('bomb', 'more pixels than the safe limit'),         # decompression bomb
 ])
+@pytest.mark.hostile
 def test_api_bad_uploads_get_a_message_and_the_server_carries_on(client, demo_model, uploads, server, name, message):
     from gradio_client.exceptions import AppError
     path = uploads[name] if name in uploads else uploads['kit']/name
@@ -168,6 +169,7 @@ def test_api_bad_uploads_get_a_message_and_the_server_carries_on(client, demo_mo
     assert ask(client, uploads['good'][0])['labels'][0] == top_label(demo_model, uploads['good'][0])
     assert server['proc'].poll() is None and 'Traceback' not in server['log'].read_text()
 
+@pytest.mark.hostile
 def test_uploads_stay_in_a_private_temp_folder(client, server, uploads):
     ask(client, uploads['good'][1])
     assert list(server['cwd'].iterdir()) == []                          # nothing in the working folder
@@ -175,6 +177,7 @@ def test_uploads_stay_in_a_private_temp_folder(client, server, uploads):
     private = list(server['tmp'].glob('petbreeds-serve-*/uploads'))
     assert len(private) == 1 and list(private[0].rglob(uploads['good'][1].name)), list(server['tmp'].rglob('*'))[:20]
 
+@pytest.mark.hostile
 def test_serve_refuses_bad_model_files_in_one_line(subprocess_env, tmp_path, server, demo_model):
     (tmp_path/'notes.txt').write_text('not a model')
     (tmp_path/'evil.safetensors').write_bytes(b'\x80\x04\x95 a pickle that would run code when unpickled')

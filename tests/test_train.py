@@ -50,6 +50,7 @@ def test_evaluate_json_is_one_document_and_matches_training(demo_run, subprocess
     assert {'species_error', 'ece', 'most_confused', 'tta'} <= set(doc)
     assert {p.name for p in (run/'evaluation').iterdir()} == {'confusion.png', 'top_losses.png', 'calibration.png', 'per_breed.csv', 'evaluation.json'}
 
+@pytest.mark.hostile
 def test_evaluate_bad_input_is_one_line(demo_run, subprocess_env, tmp_path):
     cwd, _ = demo_run
     run = next((cwd/'runs').iterdir())
@@ -68,7 +69,7 @@ def test_lr_find_prints_suggestions_and_writes_the_plot(subprocess_env, tmp_path
 @pytest.mark.parametrize('args,fragment', [
     (['--epochs', '-1'], 'argument --epochs: expected 0 or more'),
     (['--size', 'big'], "argument --size: expected a whole number, got 'big'"),
-    (['--bs', '0'], 'argument --bs: expected a number above 0'),
+    (['--bs', '0'], 'argument --bs: expected 2 or more'),
     (['--arch', 'resnet35'], "unknown architecture 'resnet35'"),
     (['--lr', '-3'], 'argument --lr'),
     (['--valid-pct', '1.5'], 'between 0 and 1'),
@@ -77,11 +78,13 @@ def test_lr_find_prints_suggestions_and_writes_the_plot(subprocess_env, tmp_path
     (['--epochs', '0', '--freeze-epochs', '0'], 'nothing to train'),
     (['--resume'], '--resume needs --out'),
 ])
+@pytest.mark.hostile
 def test_bad_options_exit_2_with_one_line(args, fragment, subprocess_env, tmp_path):
     res = petbreeds_cmd('train', '--demo', *args, env=subprocess_env, cwd=tmp_path)
     assert_one_line_error(res, fragment)
     assert not (tmp_path/'runs').exists() or not any((tmp_path/'runs').iterdir()), "nothing was trained"
 
+@pytest.mark.hostile
 def test_missing_folder_and_folder_with_demo(subprocess_env, tmp_path):
     assert_one_line_error(petbreeds_cmd('train', tmp_path/'nowhere', env=subprocess_env, cwd=tmp_path), 'is not a folder')
     assert_one_line_error(petbreeds_cmd('train', tmp_path, '--demo', env=subprocess_env, cwd=tmp_path), 'drop DIR, or drop --demo')
@@ -98,6 +101,7 @@ def test_same_seed_same_metrics_from_the_command_line(subprocess_env, tmp_path):
         out.append(json.loads((tmp_path/name/'metrics.json').read_text()))
     assert (out[0]['error_rate'], out[0]['valid_loss']) == (out[1]['error_rate'], out[1]['valid_loss'])
 
+@pytest.mark.hostile
 def test_a_killed_run_resumes_to_the_full_number_of_epochs(subprocess_env, tmp_path):
     run = tmp_path/'run'
     cmd = [str(BIN/'petbreeds'), 'train', '--demo', '--epochs', '3', '--out', str(run)]
@@ -123,6 +127,7 @@ def test_a_killed_run_resumes_to_the_full_number_of_epochs(subprocess_env, tmp_p
     assert_one_line_error(again, '--resume continues the run with its saved options: drop --epochs')
     assert_one_line_error(petbreeds_cmd('train', '--resume', '--out', run, env=subprocess_env, cwd=tmp_path), 'is complete')
 
+@pytest.mark.hostile
 def test_a_run_folder_is_never_overwritten(demo_run, subprocess_env):
     cwd, _ = demo_run
     run = next((cwd/'runs').iterdir())
@@ -150,6 +155,7 @@ def _start_demo(run, env, cwd, *extra):
     assert proc.poll() is None, "the run ended before it could be caught in the act"
     return proc
 
+@pytest.mark.hostile
 def test_a_run_folder_has_one_owner_at_a_time(subprocess_env, tmp_path):
     run = tmp_path/'run'
     first = _start_demo(run, subprocess_env, tmp_path, '--epochs', 1)
@@ -163,6 +169,7 @@ def test_a_run_folder_has_one_owner_at_a_time(subprocess_env, tmp_path):
     assert first.returncode == 0, err
     with open(run/'history.csv') as f: assert [r['epoch'] for r in csv.DictReader(f)] == ['1', '2']   # one writer
 
+@pytest.mark.hostile
 def test_a_run_killed_before_its_first_checkpoint_starts_again_on_resume(subprocess_env, tmp_path):
     run = tmp_path/'run'
     proc = _start_demo(run, subprocess_env, tmp_path, '--epochs', 1)
@@ -174,11 +181,13 @@ def test_a_run_killed_before_its_first_checkpoint_starts_again_on_resume(subproc
     assert 'has no finished epoch: starting it again, with its saved options' in res.stderr
     assert json.loads((run/'metrics.json').read_text())['epochs'] == 2 and (run/'model.safetensors').exists()
 
+@pytest.mark.hostile
 def test_out_naming_a_file_is_one_line(subprocess_env, tmp_path):
     (tmp_path/'notes.txt').write_text('mine')
     assert_one_line_error(petbreeds_cmd('train', '--demo', '--out', tmp_path/'notes.txt', env=subprocess_env, cwd=tmp_path), 'is a file, not a run folder')
     assert (tmp_path/'notes.txt').read_text() == 'mine'
 
+@pytest.mark.hostile
 def test_a_diverging_run_stops_with_one_line_and_no_model(subprocess_env, tmp_path):
     res = petbreeds_cmd('train', '--demo', '--lr', '1e6', '--epochs', 1, '--out', tmp_path/'run', env=subprocess_env, cwd=tmp_path)
     assert res.returncode == 2 and 'Traceback' not in res.stderr, res.stderr
@@ -186,3 +195,38 @@ def test_a_diverging_run_stops_with_one_line_and_no_model(subprocess_env, tmp_pa
     assert notice.startswith('petbreeds: demo: ') and error.startswith('petbreeds: error: the training loss became NaN or infinite at a learning rate of 1e+06')
     assert 'e.g. 100000' in error
     assert not (tmp_path/'run'/'model.safetensors').exists() and not (tmp_path/'run'/'metrics.json').exists()
+
+def _kill_when(run, env, cwd, moment, timeout=600):
+    "Start a demo run of two epochs into `run` and SIGKILL it as soon as `moment()` is true; True if it was caught alive"
+    proc = _start_demo(run, env, cwd, '--epochs', 1)
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None and not moment(): time.sleep(0.002)
+    alive = proc.poll() is None
+    proc.send_signal(signal.SIGKILL); proc.communicate()
+    return alive
+
+def _finishes_on_resume(run, env, cwd):
+    res = petbreeds_cmd('train', '--resume', '--out', run, env=env, cwd=cwd)
+    assert res.returncode == 0 and 'Traceback' not in res.stderr, res.stderr[-3000:]
+    with open(run/'history.csv') as f: rows = list(csv.DictReader(f))
+    assert [(r['epoch'], r['stage']) for r in rows] == [('1', 'frozen'), ('2', 'unfrozen')], rows
+    assert json.loads((run/'metrics.json').read_text())['epochs'] == 2
+    from petbreeds.inference import read_model_meta
+    assert read_model_meta(run/'model.safetensors')['arch'] == 'resnet18'
+    assert not list(run.rglob('*.tmp')) and not list(run.rglob('*.tmp.pth')), "no half-written file is left behind"
+
+@pytest.mark.hostile
+@pytest.mark.parametrize('moment', ['saving a checkpoint', 'saving the model', 'at a random time'])
+def test_a_run_killed_at_any_moment_finishes_with_resume(subprocess_env, tmp_path, moment):
+    "SIGKILL while a checkpoint is half-written, as the model file is written (before metrics and report), or at a random point"
+    import random
+    run = tmp_path/'run'
+    if moment == 'at a random time':
+        seed = random.randrange(10**6)
+        delay = random.Random(seed).uniform(0, 20)   # a demo run of two epochs takes about 15-40 s here
+        start = time.time()
+        _kill_when(run, subprocess_env, tmp_path, lambda: time.time() - start > delay)
+    else:
+        files = [run/'checkpoints'/'last.tmp.pth'] if moment == 'saving a checkpoint' else [run/'model.safetensors.tmp', run/'model.safetensors']
+        assert _kill_when(run, subprocess_env, tmp_path, lambda: any(f.exists() for f in files)), f"the run ended before {moment}"
+    _finishes_on_resume(run, subprocess_env, tmp_path)
