@@ -1,9 +1,12 @@
-"""Prediction speed on the CPU: cold start and per-image latency of resnet34 at 224, torch against ONNX Runtime.
+"""Prediction speed on the CPU: cold start, per-image latency and batch throughput of resnet34 at 224: torch, ONNX Runtime, int8 ONNX.
 
 cold start: a fresh `python` process that imports the predictor, loads the model file and predicts one image
 (process start to first prediction), repeated. latency: one image at a time (open, prepare, run), in a warm
 process of its own per backend (torch's and ONNX Runtime's thread pools keep spinning after a call, so sharing
-a process slows both), p50 and p95 over many calls. Both backends in one run, rounds alternating, same images.
+a process slows both), p50 and p95 over many calls. throughput: images per second in batches of 32 (prepared
+once: the model alone). The int8 model is `petbreeds.inference.export_int8`'s, calibrated on half the bench
+images; its top-1 agreement with the float model is printed (the head is untrained here, so agreement is a
+harder test than on a trained model). All backends in one run, rounds alternating, same images.
 
     python bench/predict.py --quick
 """
@@ -31,6 +34,10 @@ def make_model(folder: Path, images: Path) -> Path:
     export_onnx(model, folder/'model.onnx')
     return model
 
+def make_int8(model: Path, folder: Path, files: list) -> dict:
+    from petbreeds.inference import export_int8
+    return export_int8(model, folder/'model-int8.onnx', files, min_agreement=0)   # report the agreement, don't refuse
+
 def cold_start(model: Path, image: Path, backend: str) -> float:
     code = (f"from petbreeds.inference import Predictor; "
             f"Predictor.from_file({str(model)!r}, backend={backend!r}).predict([{str(image)!r}])")
@@ -49,6 +56,26 @@ for i in range(n):
     t = time.perf_counter(); p.predict([files[i % len(files)]]); out.append((time.perf_counter() - t) * 1000)
 print(json.dumps(out))
 """
+
+THROUGHPUT = """
+import json, sys, time
+import numpy as np
+from petbreeds.inference import Predictor
+model, backend, n, files = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
+p = Predictor.from_file(model, backend=backend)
+batch = np.stack([p.prepare(f) for f in (files * 32)[:32]])
+p._run(batch)   # warm-up
+out = []
+for i in range(n):
+    t = time.perf_counter(); p._run(batch); out.append(32 / (time.perf_counter() - t))
+print(json.dumps(out))
+"""
+
+def throughputs(model, backend, files, n):
+    "Images per second through the model in batches of 32, in a fresh process"
+    import json
+    res = subprocess.run([sys.executable, '-c', THROUGHPUT, str(model), backend, str(n), *map(str, files)], check=True, capture_output=True, text=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
 
 def latencies(model, backend, files, n):
     "Milliseconds per single-image predict, in a fresh process for `backend`"
@@ -76,22 +103,28 @@ def main():
     folder = Path(tempfile.mkdtemp(prefix='petbreeds-model-'))
     model = make_model(folder, images)
     files = sorted(images.glob('*.jpg'))
-    paths = {'torch': model, 'onnx': folder/'model.onnx'}
-    print(f"model: resnet34, 224 from presize 460; {model.stat().st_size / 2**20:.0f} MB safetensors, "
-          f"{paths['onnx'].stat().st_size / 2**20:.0f} MB onnx")
+    int8 = make_int8(model, folder, files)
+    paths = {'torch': (model, 'torch'), 'onnx': (folder/'model.onnx', 'onnx'), 'int8': (folder/'model-int8.onnx', 'onnx')}
+    mb = {b: p.stat().st_size / 2**20 for b, (p, _) in paths.items()}
+    print(f"model: resnet34, 224 from presize 460; {mb['torch']:.0f} MB safetensors, {mb['onnx']:.0f} MB onnx, {mb['int8']:.0f} MB int8 onnx; "
+          f"int8 top-1 agreement with fp32: {int8['agreement']:.1%} of {int8['checked_on']} images")
 
     starts = {b: [] for b in paths}
     for _ in range(args.starts):
-        for b, m in paths.items(): starts[b].append(cold_start(m, files[0], b))
-    lat = {b: [] for b in paths}
+        for b, (m, engine) in paths.items(): starts[b].append(cold_start(m, files[0], engine))
+    lat, thr = {b: [] for b in paths}, {b: [] for b in paths}
     rounds = 3
     for _ in range(rounds):
-        for b, m in paths.items(): lat[b] += latencies(m, b, files, args.calls // rounds)
+        for b, (m, engine) in paths.items():
+            lat[b] += latencies(m, engine, files, args.calls // rounds)
+            thr[b] += throughputs(m, engine, files, max(2, args.calls // 30))
     for b in paths:
         s = sorted(starts[b])
         print(f"{b:5s} cold start s: median {statistics.median(s):.2f} (min {s[0]:.2f}, max {s[-1]:.2f}, n={len(s)}); "
-              f"latency ms per image: p50 {percentile(lat[b], 50):.1f}, p95 {percentile(lat[b], 95):.1f} (n={len(lat[b])})")
+              f"latency ms per image: p50 {percentile(lat[b], 50):.1f}, p95 {percentile(lat[b], 95):.1f} (n={len(lat[b])}); "
+              f"batch 32: {statistics.median(thr[b]):.1f} images/s (n={len(thr[b])})")
     print(f"after: {load()}")
-    print(f"ratio={percentile(lat['torch'], 50) / percentile(lat['onnx'], 50):.2f}")
+    print(f"ratio={percentile(lat['torch'], 50) / percentile(lat['onnx'], 50):.2f} (torch / onnx, p50 latency)")
+    print(f"int8_ratio={percentile(lat['onnx'], 50) / percentile(lat['int8'], 50):.2f} (fp32 onnx / int8 onnx, p50 latency)")
 
 if __name__ == '__main__': main()

@@ -13,11 +13,17 @@ import json
 import os
 import platform
 import random
+import warnings
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+
+# fastai's import calls torch.jit.script, which torch 2.14 deprecates: a warning about fastai's code that every
+# petbreeds command and notebook would show, with a path into the virtualenv, and no user can act on
+warnings.filterwarnings('ignore', message=r'`torch\.jit\.script` is deprecated', category=FutureWarning)
+
 
 # %% ../nbs/00_core.ipynb #909ba1d8
 class PetbreedsError(Exception):

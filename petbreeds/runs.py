@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['LOCK', 'DONE', 'check_config', 'plot_loss', 'Run', 'new_run_folder', 'load_config', 'resume_at', 'claim_run_folder',
            'prepare', 'epoch_lines', 'stop_on_nan', 'RunDiverged', 'RunOutOfMemory', 'weights_checksum', 'fit',
-           'record', 'train', 'lr_find_run', 'evaluate_model']
+           'record', 'train', 'lr_find_run', 'evaluate_model', 'calibration_images']
 
 # %% ../nbs/06_runs.ipynb #233ec441
 import contextlib
@@ -302,6 +302,20 @@ def lr_find_run(cfg:TrainConfig=None, out:str|Path=None, num_it:int=100) -> dict
     return {**suggestions, 'out': str(run.out)}
 
 # %% ../nbs/06_runs.ipynb #64f3af48
+def _run_of(model_file:Path) -> dict|None:
+    "The config.json of the run folder `model_file` sits in, if it does"
+    f = model_file.parent/'config.json'
+    return json.loads(f.read_text()) if f.exists() else None
+
+def _trained_on(model_file:Path, run:dict|None, fix:str) -> Path:
+    "The images folder the model in `model_file` was trained on, or a one-line error ending with `fix`"
+    if run is None: raise PetbreedsError(f"'{model_file}' has no config.json beside it, so its validation split is unknown", fix)
+    images = Path(run['images'])
+    if not images.is_dir(): raise PetbreedsError(f"the images this model was trained on, '{images}', are gone", fix)
+    return images
+
+def _target(meta): return 'species' if meta['vocab'] == list(SPECIES) else 'breed'
+
 def evaluate_model(model_file:str|Path, # A model.safetensors from a run
                    images:str|Path=None, # Labelled images; default: the run's own validation split
                    tta:bool=False, # Also evaluate with fastai's test-time augmentation
@@ -314,16 +328,11 @@ def evaluate_model(model_file:str|Path, # A model.safetensors from a run
     from petbreeds.learner import pets_learner
     model_file = Path(model_file)
     state, meta = load_model(model_file)
-    run_config = model_file.parent/'config.json'
-    run = json.loads(run_config.read_text()) if run_config.exists() else None
-    if images is None:
-        if run is None: raise PetbreedsError(f"'{model_file}' has no config.json beside it, so its validation split is unknown", "pass a folder of labelled images to evaluate on")
-        images = Path(run['images'])
-        if not images.is_dir(): raise PetbreedsError(f"the images this model was trained on, '{images}', are gone", "pass a folder of labelled images to evaluate on")
-    images = Path(images)
+    run = _run_of(model_file)
+    images = Path(images) if images is not None else _trained_on(model_file, run, "pass a folder of labelled images to evaluate on")
     same_split = run is not None and Path(run['images']).resolve() == images.resolve()
     opts = run['options'] if same_split else {}
-    target = 'species' if meta['vocab'] == list(SPECIES) else 'breed'
+    target = _target(meta)
     spec = InputSpec.from_dict(meta['input'])   # the model's own: the cache or not, the item side and size
     items = get_pet_images(images, label_func(target))
     valid_pct = opts.get('valid_pct', DEFAULTS.valid_pct)
@@ -340,3 +349,21 @@ def evaluate_model(model_file:str|Path, # A model.safetensors from a run
     out = Path(out) if out is not None else model_file.parent/'evaluation'
     return write_evaluation(out, ev, ev_tta, spec=spec,
                             extra={'model': str(model_file), 'images_folder': str(images), 'split': 'validation' if same_split else 'all', 'out': str(out)})
+
+def calibration_images(model_file:str|Path, # A model.safetensors
+                       folder:str|Path=None # Images like those the model will see; default: its run's validation split
+                      ) -> list:
+    "The images to calibrate and check an int8 export of `model_file` on (see `petbreeds.inference.export_int8`)"
+    from petbreeds.data import IMAGE_EXTENSIONS, PetsSplitter, get_pet_images, label_func, walk_files
+    from petbreeds.inference import read_model_meta
+    if folder is not None:
+        folder = Path(folder)
+        if not folder.is_dir(): raise PetbreedsError(f"'{folder}' is not a folder", "give a folder of images like those the model will see")
+        return sorted(walk_files(folder, IMAGE_EXTENSIONS))
+    model_file = Path(model_file)
+    meta = read_model_meta(model_file)
+    run = _run_of(model_file)
+    images = _trained_on(model_file, run, "pass --calibrate DIR: a folder of images like those the model will see")
+    items = get_pet_images(images, label_func(_target(meta)))
+    opts = run['options']
+    return [items[i] for i in PetsSplitter(opts['valid_pct'], opts['seed'])(items)[1]]   # the split the run validated on

@@ -68,6 +68,32 @@ def test_export_then_predict_with_onnx_runtime(model, subprocess_env, tmp_path):
     assert [p['label'] for p in pa] == [p['label'] for p in pb]
     assert all(abs(x['probability'] - y['probability']) < 1e-4 for x, y in zip(pa, pb))
 
+def test_export_int8_is_checked_against_the_float_model(model, subprocess_env, tmp_path):
+    "Calibrated and checked on images like the model's, it is written; calibrated on white pictures instead, it is refused"
+    from petbreeds.runs import calibration_images
+    model_file, images = model
+    valid = calibration_images(model_file)   # the default: the run's own validation split
+    trained_on = valid[0].parent
+    assert len(valid) == int(0.2 * len(list(trained_on.iterdir()))) and all(f.parent == trained_on for f in valid)
+    # on all 740 demo images (the model is sure of most), a near tie can't sway 99%; a validation split of 148 it can
+    res = petbreeds_cmd('export', model_file, '--onnx', tmp_path/'int8.onnx', '--int8', '--calibrate', trained_on, env=subprocess_env)
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.startswith('int8: top-1 agrees with the float model on ') and len(res.stderr.splitlines()) == 1, res.stderr
+    small = Predictor.from_file(tmp_path/'int8.onnx')
+    assert small.meta['int8']['agreement'] >= 0.99 and small.meta['int8']['checked_on'] == 370
+    assert (tmp_path/'int8.onnx').stat().st_size < model_file.stat().st_size / 3
+    pets = sorted(images.glob('*_1.jpg'))
+    top = lambda p: [r['predictions'][0]['label'] for r in p.predict(pets)]
+    same = sum(a == b for a, b in zip(top(small), top(Predictor.from_file(model_file))))
+    assert same >= 0.9 * len(pets), (same, len(pets))
+    misled = tmp_path/'misled'; misled.mkdir()
+    for i, p in enumerate(pets):   # sorted, they alternate: white pictures calibrate, the pets check
+        Image.new('RGB', (96, 96), 'white').save(misled/f'{i:03d}a.png'); (misled/f'{i:03d}b.jpg').write_bytes(p.read_bytes())
+    res = petbreeds_cmd('export', model_file, '--onnx', tmp_path/'bad.onnx', '--int8', '--calibrate', misled, env=subprocess_env)
+    assert_one_line_error(res, "the int8 model's top class agrees with the float model's on", 'so it was not written')
+    assert not (tmp_path/'bad.onnx').exists()
+    assert_one_line_error(petbreeds_cmd('export', model_file, '--space', tmp_path/'sp', '--int8', env=subprocess_env), 'use it with --onnx FILE')
+
 def test_export_needs_onnx_option_and_a_model(model, subprocess_env, tmp_path):
     model_file, _ = model
     assert_one_line_error(petbreeds_cmd('export', model_file, env=subprocess_env), 'one of the arguments --onnx --space is required')

@@ -27,6 +27,19 @@ def test_ci_runs_what_the_readme_says():
     assert COMMANDS[0] in ci.splitlines(), "CI must install with the README's command, verbatim"
     assert 'nbdev_test --n_workers 1' in ci and 'pytest tests' in ci
 
+def test_every_guarantee_names_tests_that_exist_and_are_marked_hostile():
+    "Each test the README's Guarantees section names is a test in tests/, so a promise can't outlive its proof"
+    import re
+    section = (ROOT/'README.md').read_text().split('## Guarantees', 1)[1].split('\n## ', 1)[0]
+    named = set(re.findall(r'`(test_\w+)`', section))
+    assert len(named) >= 15, named
+    source = '\n'.join(p.read_text() for p in (ROOT/'tests').glob('test_*.py'))
+    defined = {name: marks for marks, name in re.findall(r'((?:@pytest\.mark\..*\n)*)def (test_\w+)\(', source)}
+    assert not named - set(defined), f"the README names tests that don't exist: {sorted(named - set(defined))}"
+    hostile_file = (ROOT/'tests'/'test_hostile.py').read_text()
+    unmarked = [n for n in named if 'hostile' not in defined[n] and f'def {n}(' not in hostile_file]
+    assert not unmarked, f"guarantee tests without the hostile mark: {unmarked}"
+
 if __name__ == '__main__' and '--write' in sys.argv:
     (ROOT/'README.md').write_text(render_index())
     print('README.md written from nbs/index.ipynb')
