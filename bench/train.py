@@ -39,12 +39,41 @@ def cpu_bench(args, images):
     ours = pets_dataloaders(images, bs=args.bs, size=args.size, presize=args.presize, device='cpu', progress=False)
     our_learn = pets_learner(ours, 'resnet18', path=tempfile.mkdtemp())
     times = {'book': [], 'petbreeds': []}
+    timer = TrainingTime(); our_learn.add_cb(timer)
+    train_ips, model_ips = [], []
     for _ in range(args.rounds):
         times['book'].append(epoch_seconds(book_learn))
         times['petbreeds'].append(epoch_seconds(our_learn))
+        train_ips.append(len(ours.train) * args.bs / timer.seconds)
+        model_ips.append(model_only_cpu(our_learn, args.bs, args.size))
     n = len(ours.train_ds) + len(ours.valid_ds)
     for k, v in times.items(): print(f"resnet18 @{args.size}, one epoch of {n} images, {k:10s} seconds {summary(v)}")
+    fraction = statistics.median(a / b for a, b in zip(train_ips, model_ips))
+    print(f"CPU: petbreeds' training images/s {summary(train_ips)}; model-only images/s {summary(model_ips)}; "
+          f"fraction of model-only {fraction:.2f} (same model, batch, size, fp32, one round each, alternating)")
     return statistics.median(times['book']) / statistics.median(times['petbreeds'])
+
+def TrainingTime():
+    "A fastai callback that times the training part of each epoch (data, forward, backward, step; not validation)"
+    from fastai.callback.core import Callback
+    class TrainingTime(Callback):
+        seconds = None
+        def before_train(self): self.start = time.perf_counter()
+        def after_train(self): self.seconds = time.perf_counter() - self.start
+    return TrainingTime()
+
+def model_only_cpu(learn, bs, size, steps=8):
+    "Training images/s of `learn`'s model on one batch already in memory: forward, backward, an Adam step"
+    import torch
+    model = learn.model.train()
+    opt = torch.optim.Adam(model.parameters(), 1e-5)
+    x, y = torch.randn(bs, 3, size, size), torch.randint(0, 37, (bs,))
+    def step():
+        loss = torch.nn.functional.cross_entropy(model(x), y); opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
+    step()   # warm-up
+    start = time.perf_counter()
+    for _ in range(steps): step()
+    return steps * bs / (time.perf_counter() - start)
 
 def gpu_bench(args):
     import torch
