@@ -258,7 +258,8 @@ def pets_block(size:int=DEFAULTS.size, # Side of the square batches the model se
                valid_pct:float=DEFAULTS.valid_pct, seed:int=DEFAULTS.seed, # The random validation split
                presize_cache=None, # A `PresizeCache` to read items from instead of decoding them (see `petbreeds.cache`)
                one_pass:bool=False, # Fold the random crop into the single interpolation (see below)
-               get_items=get_pet_images # How to list the items of a folder; None when given a list
+               get_items=get_pet_images, # How to list the items of a folder; None when given a list
+               fused:bool=False # With a cache: every batch augmentation and Normalize in one pass (`petbreeds.augment.FusedAugment`)
               ) -> DataBlock:
     "The chapter's presizing `DataBlock` for Pets-style file names"
     _check_valid_pct(valid_pct)
@@ -269,8 +270,12 @@ def pets_block(size:int=DEFAULTS.size, # Side of the square batches the model se
         from petbreeds.cache import cached_image_block
         images, tfms['item_tfms'] = cached_image_block(presize_cache), []   # the cache crops; no decoding, no Resize
     else: images = ImageBlock
-    return DataBlock(blocks=(images, CategoryBlock(vocab=vocab)), get_items=get_items,
-                     splitter=PetsSplitter(valid_pct, seed), get_y=get_y, **tfms)
+    block = DataBlock(blocks=(images, CategoryBlock(vocab=vocab)), get_items=get_items,
+                      splitter=PetsSplitter(valid_pct, seed), get_y=get_y, **tfms)
+    if fused and presize_cache is not None:
+        from petbreeds.augment import fused_aug_tfms
+        block.batch_tfms = fused_aug_tfms(size, min_scale)   # the same draws as aug_transforms, one resample, lighting and Normalize in place
+    return block
 
 # %% ../nbs/01_data.ipynb #a8f2bb5c
 def pets_dataloaders(path:str|Path=None, # Folder of Pets-style images (default: `get_pets()`)
@@ -282,6 +287,7 @@ def pets_dataloaders(path:str|Path=None, # Folder of Pets-style images (default:
                      device=None, # Where batches go (default: `get_device('auto')`)
                      cache:bool=True, # Decode and presize each image once (see `petbreeds.cache`)
                      one_pass:bool=True, # One interpolation for all augmentations, the crop included
+                     fused:bool=True, # With the cache: all batch augmentations and Normalize in one pass (see `petbreeds.augment`)
                      progress:bool=True, # Show a progress bar while the cache is built
                      items:list=None, # The files to use, if already listed with `get_pet_images(path)`
                      **kwargs # Passed to `DataBlock.dataloaders`
@@ -309,7 +315,7 @@ def pets_dataloaders(path:str|Path=None, # Folder of Pets-style images (default:
     if n_train < bs:
         raise PetbreedsError(f"batch size {bs} is larger than the {n_train} training images in '{path}'",
                              f"use --bs {2 ** (n_train.bit_length() - 1)} or less, or more images")
-    block = pets_block(size, presize, min_scale, target, valid_pct, seed, presize_cache=store, one_pass=one_pass, get_items=None)
+    block = pets_block(size, presize, min_scale, target, valid_pct, seed, presize_cache=store, one_pass=one_pass, get_items=None, fused=fused)
     if num_workers is None and cache: num_workers = 0   # reading the cache is cheaper than passing batches between processes
     if num_workers is not None: kwargs['num_workers'] = num_workers
     dev = get_device(device or 'auto')
