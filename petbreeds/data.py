@@ -290,12 +290,14 @@ def pets_dataloaders(path:str|Path=None, # Folder of Pets-style images (default:
                      fused:bool=True, # With the cache: all batch augmentations and Normalize in one pass (see `petbreeds.augment`)
                      progress:bool=True, # Show a progress bar while the cache is built
                      items:list=None, # The files to use, if already listed with `get_pet_images(path)`
+                     for_training:bool=True, # Refuse a split or batch size that can't train (evaluation needs neither)
                      **kwargs # Passed to `DataBlock.dataloaders`
                     ):
     "The chapter's DataLoaders for Pets: presized, augmented on the device, ImageNet-normalised"
-    if not isinstance(bs, int) or isinstance(bs, bool) or bs < 2:
-        raise PetbreedsError(f"batch size must be a whole number of at least 2 (the new head's BatchNorm needs two images a batch), got {bs!r}",
-                             f"pass e.g. --bs {DEFAULTS.bs}")
+    least = 2 if for_training else 1
+    if not isinstance(bs, int) or isinstance(bs, bool) or bs < least:
+        why = " (the new head's BatchNorm needs two images a batch)" if for_training else ''
+        raise PetbreedsError(f"batch size must be a whole number of at least {least}{why}, got {bs!r}", f"pass e.g. --bs {DEFAULTS.bs}")
     _check_valid_pct(valid_pct)
     _check_sizes(size, presize, min_scale)
     path = Path(path) if path is not None else get_pets()
@@ -306,11 +308,11 @@ def pets_dataloaders(path:str|Path=None, # Folder of Pets-style images (default:
         from petbreeds.cache import open_cache
         store, items = open_cache(items, size, presize, progress=progress)
     n_valid = int(valid_pct * len(items))   # as fastai's RandomSplitter counts it
-    if n_valid == 0:
+    if for_training and n_valid == 0:
         raise PetbreedsError(f"a validation share of {valid_pct} of the {len(items)} images in '{path}' is no image at all",
                              f"use --valid-pct {math.ceil(100 / len(items)) / 100} or more, or more images")
     n_train = len(items) - n_valid
-    if n_train < 2:
+    if for_training and n_train < 2:
         raise PetbreedsError(f"only {n_train} of the {len(items)} images in '{path}' are left for training", "use a smaller --valid-pct, or more images")
     if n_train < bs:
         raise PetbreedsError(f"batch size {bs} is larger than the {n_train} training images in '{path}'",

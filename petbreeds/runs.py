@@ -340,7 +340,7 @@ def evaluate_model(model_file:str|Path, # A model.safetensors from a run
     # the same validation pipeline the model was trained with, and the same split
     dls = pets_dataloaders(images, bs=max(1, min(bs, n_train)), valid_pct=valid_pct, seed=opts.get('seed', DEFAULTS.seed), size=spec.size,
                            presize=spec.item_side, target=target, num_workers=num_workers, device=device,
-                           cache=spec.cached, progress=False, items=items)
+                           cache=spec.cached, progress=False, items=items, for_training=False)
     dl = dls.valid if same_split else dls.test_dl(list(dls.train_ds.items) + list(dls.valid_ds.items), with_labels=True)
     learn = pets_learner(dls, meta['arch'], weights='none', precision='fp32', path=tempfile.mkdtemp(prefix='petbreeds-eval-'))
     load_weights(learn.model, state, meta['arch'])

@@ -177,3 +177,13 @@ def test_weights_that_dont_fit_the_architecture_are_one_line_in_every_command(mo
     for args in (('evaluate', liar, clean), ('predict', liar, images/'pug_1.jpg'), ('export', liar, '--onnx', tmp_path/'m.onnx')):
         assert_one_line_error(petbreeds_cmd(*args, env=subprocess_env, timeout=300), "the weights don't fit a resnet34")
     assert not (tmp_path/'m.onnx').exists()
+
+@pytest.mark.hostile
+def test_evaluate_works_on_a_folder_of_three_photos(model, subprocess_env, tmp_path):
+    "Evaluation trains nothing, so a folder too small to split for training is still evaluated, every image of it"
+    model_file, images = model
+    few = tmp_path/'few'; few.mkdir()
+    for name in ('pug_1.jpg', 'Bengal_1.jpg', 'boxer_1.jpg'): (few/name).write_bytes((images/name).read_bytes())
+    res = petbreeds_cmd('evaluate', model_file, few, '--json', '--out', tmp_path/'eval', env=subprocess_env)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)['images'] == 3
