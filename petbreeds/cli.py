@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['UsageError', 'positive_int', 'option_type', 'build_parser', 'subcommand', 'run_download', 'add_download', 'run_check',
-           'add_check', 'config_from_args', 'run_train', 'add_train', 'run_lr_find', 'add_lr_find', 'run_evaluate',
-           'add_evaluate', 'run_predict', 'add_predict', 'run_export', 'add_export', 'tcp_port', 'run_serve',
-           'add_serve', 'main']
+           'add_check', 'run_archs', 'add_archs', 'config_from_args', 'run_train', 'add_train', 'run_lr_find',
+           'add_lr_find', 'run_evaluate', 'add_evaluate', 'run_predict', 'add_predict', 'run_export', 'add_export',
+           'tcp_port', 'run_serve', 'add_serve', 'main']
 
 # %% ../nbs/07_cli.ipynb #954544b8
 import argparse
@@ -108,6 +108,28 @@ def add_check(p):
     p.add_argument('dir', nargs='?', metavar='DIR', help='folder of Pets-style images (default: the downloaded Pets images)')
     p.add_argument('--json', action='store_true', help='print one JSON document instead of text')
 
+# %% ../nbs/07_cli.ipynb #dbe5b880
+def run_archs(args) -> int:
+    from petbreeds.backbones import list_archs
+    rows = list_archs(args.pattern, limit=args.limit)
+    if not rows: raise PetbreedsError(f"no architecture matches '{args.pattern}'", "try a shorter pattern, e.g. 'convnext*', or none for the suggested ones")
+    width = max(len(r[0]) for r in rows)
+    for name, library, params, weights in rows:
+        size = f"{params:6.1f}M params  " if params is not None else ''
+        print(f"{name:<{width}}  {library:<11}  {size}{f'weights here: {weights}' if weights else 'weights: downloaded on first use'}")
+    if not args.pattern: print("Any timm model name works with --arch: `petbreeds archs PATTERN` searches them, e.g. 'convnext*' or 'vit_small'.")
+    elif len(rows) == args.limit: print(f"(the first {args.limit}: narrow the pattern, or pass --limit)")
+    return 0
+
+@subcommand('archs', run_archs)
+def add_archs(p):
+    """list the architectures --arch accepts, their size, and whether their weights are here
+
+    Without a pattern: torchvision's ResNets (the chapter's) and the timm backbones petbreeds suggests.
+    With one: timm's models with pretrained weights whose names match it."""
+    p.add_argument('pattern', nargs='?', metavar='PATTERN', help="a timm name pattern, e.g. 'convnext*' (a plain word matches anywhere in the name)")
+    p.add_argument('--limit', type=positive_int, default=50, help='at most this many names (default: 50)')
+
 # %% ../nbs/07_cli.ipynb #dd5a282a
 def _add_train_options(p):
     "The positional DIR, --demo, one option per `TrainConfig` field in its group, and --out"
@@ -182,7 +204,7 @@ def run_train(args) -> int:
 
 @subcommand('train', run_train)
 def add_train(p):
-    """fine-tune a pretrained ResNet on Pets (or a folder, or --demo) and write a run folder
+    """fine-tune a pretrained ResNet (or timm backbone) on Pets (or a folder, or --demo) and write a run folder
 
     Fine-tune a pretrained ResNet as the chapter does: one epoch with the body frozen, then the whole
     network with discriminative learning rates. Writes model.safetensors, metrics.json, history.csv,

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .backbones import is_arch_name, is_timm, timm_body
 from .core import RESNETS, SPECIES, PetbreedsError, library_versions, replace_when_done, species_for
 from .input_spec import InputSpec, pixel_problem, upright_rgb
 
@@ -27,7 +28,7 @@ from .input_spec import InputSpec, pixel_problem, upright_rgb
 MODEL_FORMAT, FORMAT_VERSION = 'petbreeds-model', 2
 READABLE_VERSIONS = (1, 2)   # 1: the input spec called its item side 'presize'
 
-def model_meta(arch:str, # One of `RESNETS`
+def model_meta(arch:str, # A torchvision ResNet or a timm name
                vocab:list, # The class names, in the order of the model's outputs
                spec:InputSpec, # How images were prepared for the model
                metrics:dict=None # Training metrics to record
@@ -75,7 +76,7 @@ def _check_meta(path, text):
     if meta.get('format_version') not in READABLE_VERSIONS:
         raise PetbreedsError(f"'{path}' is a petbreeds model of format version {meta.get('format_version')}, this petbreeds reads {', '.join(map(str, READABLE_VERSIONS))}",
                              "use the petbreeds version that wrote it, or retrain")
-    if meta.get('arch') not in RESNETS: raise _not_a_model(path, f"unknown architecture {meta.get('arch')!r}")
+    if not is_arch_name(meta.get('arch')): raise _not_a_model(path, f"unknown architecture {meta.get('arch')!r}")
     for key in ('vocab', 'species', 'input'):
         if key not in meta: raise _not_a_model(path, f"its metadata lacks '{key}'")
     vocab = meta['vocab']
@@ -108,22 +109,41 @@ def load_weights(model, state:dict, arch:str):
         raise PetbreedsError(f"the weights don't fit a {arch} with fastai's head ({str(e).splitlines()[1].strip()[:120]})", "the file is damaged: retrain or re-save it") from None
     return model
 
-def build_model(state:dict, meta:dict):
-    "A plain-torch `Sequential(body, head)` matching fastai's layout, with `state` loaded (eval mode)"
-    import torch, torchvision
+def _bodies():
+    "Plain-torch stand-ins for fastai's pooling and `TimmBody` (defined on first use: importing this module loads no torch)"
+    import torch
     from torch import nn
     class ConcatPool(nn.Module):
         "Max and average pooling side by side, max first, as fastai's AdaptiveConcatPool2d"
         def forward(self, x): return torch.cat([torch.amax(x, dim=(2, 3), keepdim=True), x.mean(dim=(2, 3), keepdim=True)], 1)
-    if meta['arch'] not in RESNETS: raise PetbreedsError(f"unknown architecture {meta['arch']!r}", f"use one of {', '.join(RESNETS)}")
-    tv = getattr(torchvision.models, meta['arch'])(weights=None)
-    body = nn.Sequential(*list(tv.children())[:-2])
-    try: hidden, n_in = state['1.4.weight'].shape; n_out = state['1.8.weight'].shape[0]
+    class TimmBody(nn.Module):
+        "fastai's TimmBody: timm's model under `.model`; its feature map when the head pools, else its own pooled features"
+        def __init__(self, model, head_pools:bool):
+            super().__init__()
+            self.model, self.head_pools = model, head_pools
+        def forward(self, x): return self.model.forward_features(x) if self.head_pools else self.model(x)
+    return ConcatPool, TimmBody
+
+def build_model(state:dict, meta:dict):
+    "A plain-torch `Sequential(body, head)` matching fastai's layout, with `state` loaded (eval mode)"
+    import torchvision
+    from torch import nn
+    ConcatPool, TimmBody = _bodies()
+    arch = meta['arch']
+    if is_timm(arch):
+        model = timm_body(arch, meta['input']['size'])
+        head_pools = model.default_cfg.get('pool_size') is not None   # fastai's rule (TimmBody.needs_pool)
+        body = TimmBody(model, head_pools)
+    else:
+        body = nn.Sequential(*list(getattr(torchvision.models, arch)(weights=None).children())[:-2])
+        head_pools = True
+    at = 2 if head_pools else 0   # where the head's first BatchNorm sits: after pooling and flatten, or first
+    try: hidden, n_in = state[f'1.{at + 2}.weight'].shape; n_out = state[f'1.{at + 6}.weight'].shape[0]
     except (KeyError, ValueError): raise PetbreedsError("the model file's head is not fastai's default head", "save models with petbreeds.learner.save_model") from None
     if n_out != len(meta['vocab']): raise PetbreedsError(f"the model has {n_out} outputs but {len(meta['vocab'])} class names", "the file is damaged: retrain or re-save it")
-    head = nn.Sequential(ConcatPool(), nn.Flatten(), nn.BatchNorm1d(n_in), nn.Dropout(0.25), nn.Linear(n_in, hidden, bias=False),
+    head = nn.Sequential(*([ConcatPool(), nn.Flatten()] if head_pools else []), nn.BatchNorm1d(n_in), nn.Dropout(0.25), nn.Linear(n_in, hidden, bias=False),
                          nn.ReLU(inplace=True), nn.BatchNorm1d(hidden), nn.Dropout(0.5), nn.Linear(hidden, n_out, bias=False))
-    return load_weights(nn.Sequential(body, head), state, meta['arch']).eval()
+    return load_weights(nn.Sequential(body, head), state, arch).eval()
 
 # %% ../nbs/04_inference.ipynb #07d94969
 def _area_matrix(n_in:int, n_out:int) -> np.ndarray:

@@ -21,7 +21,8 @@ import torch
 import torchvision
 from torch import nn
 
-from .core import RESNETS, PetbreedsError, get_precision, write_json
+from .backbones import arch_kwargs, arch_stats, check_arch, classifier_prefix, is_timm, timm_body
+from .core import RESNETS, PetbreedsError, PetbreedsWarning, get_precision, write_json
 from .data import input_spec_of
 from .inference import model_meta, write_model_file
 from .options import DEFAULTS
@@ -34,17 +35,15 @@ from fastai.callback.schedule import minimum, slide, steep, valley  # adds fit_o
 from fastai.data.transforms import Normalize
 from fastai.learner import Learner
 from fastai.metrics import accuracy, error_rate
-from fastai.vision.data import imagenet_stats
 from fastai.vision.learner import vision_learner
 
 # %% ../nbs/02_learner.ipynb #ce3968cb
 ARCHS = {name: getattr(torchvision.models, name) for name in RESNETS}
 
 def get_arch(name:str):
-    "The torchvision constructor for architecture `name` (a key of `ARCHS`)"
-    if name in ARCHS: return ARCHS[name]
-    hint = " (that looks like a file: pass files with --weights)" if '/' in str(name) or str(name).endswith(('.pth', '.pt', '.safetensors')) else ''
-    raise PetbreedsError(f"unknown architecture '{name}'{hint}", f"use one of: {', '.join(ARCHS)}")
+    "What `vision_learner` builds for `name`: torchvision's constructor for a ResNet (a key of `ARCHS`), else the timm name"
+    name = check_arch(name)
+    return ARCHS.get(name, name)
 
 # %% ../nbs/02_learner.ipynb #9ff5cd00
 def load_state_dict_file(path:str|Path) -> dict:
@@ -65,9 +64,10 @@ def load_state_dict_file(path:str|Path) -> dict:
     return state
 
 def _fit_report(state:dict, model:nn.Module, name:str, arch:str) -> str|None:
-    "Why `state` doesn't fit `model`'s body (the `fc` classifier ignored), or None"
-    want = {k: v.shape for k, v in model.state_dict().items() if not k.startswith('fc.')}
-    have = {k: v.shape for k, v in state.items() if not k.startswith('fc.')}
+    "Why `state` doesn't fit `model`'s body (the classifier ignored), or None"
+    skip = classifier_prefix(arch) + '.'
+    want = {k: v.shape for k, v in model.state_dict().items() if not k.startswith(skip)}
+    have = {k: v.shape for k, v in state.items() if not k.startswith(skip)}
     missing, unexpected = sorted(set(want) - set(have)), sorted(set(have) - set(want))
     wrong = [f"{k}: file {list(have[k])}, {arch} {list(want[k])}" for k in sorted(set(want) & set(have)) if have[k] != want[k]]
     if not (missing or unexpected or wrong): return None
@@ -76,45 +76,70 @@ def _fit_report(state:dict, model:nn.Module, name:str, arch:str) -> str|None:
         if keys: parts.append(f"{len(keys)} {label} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})")
     return f"'{name}' does not fit {arch}: " + '; '.join(parts)
 
-def pretrained_model(arch:str='resnet34', weights:str='imagenet') -> nn.Module|None:
-    "The torchvision `arch` with the `weights` asked for ('imagenet', a file, or 'none': None)"
-    make = get_arch(arch)
+def _timm_from_file(arch:str, path:str, state:dict, size:int) -> nn.Module:
+    "timm's `arch` with the checked weights file at `path`, through timm's loader (it adapts e.g. a ViT's position embeddings)"
+    import timm
+    problem = _fit_report(state, timm_body(arch, timm.models.get_pretrained_cfg(arch).input_size[-1]), path, arch)
+    if problem: raise PetbreedsError(problem, f"pass a state dict saved from timm's {arch}")
+    return timm.create_model(arch, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), num_classes=0, **arch_kwargs(arch, size))
+
+def pretrained_model(arch:str='resnet34', # A torchvision ResNet or a timm name (see `get_arch`)
+                     weights:str='imagenet', # 'imagenet', a state-dict file, or 'none'
+                     size:int=224 # The side of the images it will see (timm's fixed-size models are built for it)
+                    ) -> nn.Module|None:
+    "The pretrained network for `arch` with the `weights` asked for (timm's without its classifier), or None for 'none'"
+    arch = check_arch(arch)
     if weights in (None, 'none'): return None
     if weights == 'imagenet':
-        try: return make(weights='DEFAULT')
+        if is_timm(arch): return timm_body(arch, size, pretrained=True)
+        try: return ARCHS[arch](weights='DEFAULT')
         except (OSError, RuntimeError) as e:
             url = torchvision.models.get_model_weights(arch).DEFAULT.url
             raise PetbreedsError(f"can't get the ImageNet weights for {arch} from {url} ({' '.join(str(e).split())[:120]})",
                                  "connect to the internet once (torch caches them), or pass --weights FILE, or --weights none") from None
-    model = make(weights=None)
     state = load_state_dict_file(weights)
+    if is_timm(arch): return _timm_from_file(arch, weights, state, size)
+    model = ARCHS[arch](weights=None)
     problem = _fit_report(state, model, weights, arch)
     if problem: raise PetbreedsError(problem, f"pass a state dict saved from torchvision's {arch}")
     model.load_state_dict({**model.state_dict(), **{k: v for k, v in state.items() if not k.startswith('fc.')}})
     return model
 
 # %% ../nbs/02_learner.ipynb #d02400bf
-def _ensure_normalized(dls):
-    "Add ImageNet normalisation if `dls` has none (pretrained weights expect it)"
-    if not any(isinstance(t, Normalize) for t in dls.after_batch.fs): dls.add_tfms([Normalize.from_stats(*imagenet_stats)], 'after_batch')
+def _ensure_normalized(dls, arch:str):
+    "Add the normalisation `arch`'s weights expect if `dls` has none; warn if it has another"
+    mean, std = arch_stats(arch)
+    norm = next((t for t in dls.after_batch.fs if isinstance(t, Normalize)), None)
+    if norm is None: return dls.add_tfms([Normalize.from_stats(mean, std)], 'after_batch')
+    have = [round(float(v), 3) for v in torch.as_tensor(norm.mean).flatten()]
+    if have != [round(v, 3) for v in mean]:
+        import warnings
+        warnings.warn(PetbreedsWarning(f"the data is normalised with mean {have}, but {arch}'s weights expect {list(mean)}: fine-tuning adapts, a little slower"))
+
+def _size_of(dls) -> int:
+    try: return input_spec_of(dls).size
+    except PetbreedsError: return dls.one_batch()[0].shape[-1]
 
 def pets_learner(dls, # DataLoaders, e.g. from `pets_dataloaders`
-                 arch:str=DEFAULTS.arch, # A key of `ARCHS`
+                 arch:str=DEFAULTS.arch, # A torchvision ResNet (a key of `ARCHS`) or a timm name (see `petbreeds.backbones`)
                  weights:str='imagenet', # 'imagenet', 'none', or a state-dict file
                  precision:str='auto', # 'auto', 'fp32', 'fp16' or 'bf16' (see `get_precision`)
                  path:str|Path=None, # Where fastai may write `models/` (default: a new temporary folder)
                  metrics=None, # Default: error_rate and accuracy
                  **kwargs # Passed to fastai's `vision_learner`
                 ) -> Learner:
-    "The chapter's learner: a torchvision ResNet body with a new head for `dls.c` classes"
+    "The chapter's learner: a pretrained body (a torchvision ResNet, or any timm model) with a new head for `dls.c` classes"
     make = get_arch(arch)
     resolved = get_precision(precision, dls.device)
-    source = pretrained_model(arch, weights)
-    _ensure_normalized(dls)
+    size = _size_of(dls) if is_timm(arch) else None
+    source = pretrained_model(arch, weights, size or 224)
+    _ensure_normalized(dls, arch)
     path = Path(path) if path is not None else Path(tempfile.mkdtemp(prefix='petbreeds-learner-'))
-    learn = vision_learner(dls, make, pretrained=False, metrics=metrics or [error_rate, accuracy], path=path, model_dir='checkpoints', **kwargs)
+    extra = arch_kwargs(arch, size) if size else {}   # e.g. a ViT's img_size; fastai passes it on to timm
+    learn = vision_learner(dls, make, pretrained=False, metrics=metrics or [error_rate, accuracy], path=path, model_dir='checkpoints', **extra, **kwargs)
     if source is not None:
-        learn.model[0].load_state_dict(nn.Sequential(*list(source.children())[:-2]).state_dict())
+        if is_timm(arch): learn.model[0].model.load_state_dict(source.state_dict())   # fastai's TimmBody keeps timm's model whole
+        else: learn.model[0].load_state_dict(nn.Sequential(*list(source.children())[:-2]).state_dict())
         learn.freeze()
     if resolved == 'fp16': learn.to_fp16()
     elif resolved == 'bf16': learn.to_bf16()
@@ -307,5 +332,6 @@ def arch_name(learn:Learner) -> str:
 def save_model(learn:Learner, path:str|Path, metrics:dict=None) -> Path:
     "Write `learn`'s model as a petbreeds model file: safetensors weights, metadata in the header"
     arch = arch_name(learn)
-    if arch not in RESNETS: raise PetbreedsError(f"can't save a model of architecture {arch!r}", f"build it with pets_learner and one of {', '.join(RESNETS)}")
+    try: check_arch(arch)
+    except PetbreedsError: raise PetbreedsError(f"can't save a model of architecture {arch!r}", "build it with pets_learner from a torchvision ResNet or a timm name") from None
     return write_model_file(path, learn.model.state_dict(), model_meta(arch, learn.dls.vocab, input_spec_of(learn.dls), metrics))

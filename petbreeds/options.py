@@ -70,7 +70,7 @@ class TrainConfig:
     presize: int = option(460, "pixels: side of the square items are cropped to first", 'presizing', 'positive_int', demo=96)
     min_scale: float = option(0.75, "smallest share of the item the random crop keeps", 'presizing', 'fraction_or_one')
     bs: int = option(64, "images per batch", 'presizing', 'batch', demo=32)
-    arch: str = option('resnet34', "architecture: resnet18, 34, 50, 101 or 152", 'model', demo='resnet18')
+    arch: str = option('resnet34', "architecture: torchvision's resnet18, 34, 50, 101, 152, or a timm name such as convnext_tiny (see `petbreeds archs`)", 'model', demo='resnet18')
     weights: str = option('imagenet', "starting weights: imagenet, none, or a state-dict file", 'model')
     epochs: int = option(2, "epochs with the body unfrozen", 'schedule', 'count')
     freeze_epochs: int = option(1, "epochs with the body frozen, first", 'schedule', 'count')

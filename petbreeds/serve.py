@@ -21,7 +21,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-
+from .backbones import is_timm
 from .core import PetbreedsError
 from .inference import Predictor, export_onnx, open_image, read_model_meta
 
@@ -275,6 +275,7 @@ def write_space(model:str|Path, # A model.safetensors, or a .onnx from `petbreed
     if backend == 'torch' and model.suffix == '.onnx': raise PetbreedsError(f"'{model}' is an ONNX model; torch can't run it", "use backend='onnx', or pass the model.safetensors")
     meta = Predictor.from_file(model).meta if model.suffix == '.onnx' else read_model_meta(model)   # refuse a bad model first
     pins = _pinned('gradio', 'numpy', 'pillow', *(('onnxruntime',) if backend == 'onnx' else ('torch', 'torchvision', 'safetensors')))
+    if backend == 'torch' and is_timm(meta['arch']): pins += _pinned('timm')   # torch rebuilds a timm model with timm; ONNX needs nothing more
     if backend == 'torch': pins.insert(0, '--extra-index-url https://download.pytorch.org/whl/cpu')   # torch's CPU wheels, not CUDA's gigabytes
     dest.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f'.{dest.name}-'))

@@ -3,7 +3,7 @@ are compared with what its floor allows. A lower layer never imports a higher on
 
 The floors, from the ground up (a module may import its own floor and those below):
   0  core                                      errors, device, precision, seeds, paths, breeds, architectures
-  1  input_spec, options                       how an image becomes the input; every training option
+  1  input_spec, options, backbones            how an image becomes the input; every training option; which architectures
   2  inference                                 the model file and the fastai-free predictor (a leaf: serving ships it alone)
   2  demo                                      the demo's synthetic pets and stand-in weights
   3  cache, data                               files -> presized batches
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-FLOOR = {'core': 0, 'input_spec': 1, 'options': 1, 'inference': 2, 'demo': 2, 'cache': 3, 'data': 3, 'learner': 4,
+FLOOR = {'core': 0, 'input_spec': 1, 'options': 1, 'backbones': 1, 'inference': 2, 'demo': 2, 'cache': 3, 'data': 3, 'learner': 4,
          'interpret': 5, 'chapter': 5, 'runs': 6, 'cli': 7}
 OPTIONAL = {'serve': 7, 'distributed': 5, 'augment': 3}   # floors of modules that other work adds
 
@@ -54,7 +54,7 @@ def test_core_imports_no_other_petbreeds_module():
 
 def test_serving_is_a_leaf_without_fastai_or_training_modules():
     got = imported_by('inference')
-    assert set(got['petbreeds']) <= {'core', 'input_spec', 'inference'}, got['petbreeds']
+    assert set(got['petbreeds']) <= {'core', 'input_spec', 'backbones', 'inference'}, got['petbreeds']
     assert not got['fastai'] and not got['torch'], "importing the predictor loads neither fastai nor torch"
 
 def test_the_ground_floor_is_light():
@@ -64,5 +64,5 @@ def test_the_ground_floor_is_light():
 
 def test_the_web_app_stands_on_the_predictor_alone():
     got = imported_by('serve')   # what a Hugging Face Space ships: no fastai, no training modules
-    assert set(got['petbreeds']) <= {'core', 'input_spec', 'inference', 'serve'}, got['petbreeds']
+    assert set(got['petbreeds']) <= {'core', 'input_spec', 'backbones', 'inference', 'serve'}, got['petbreeds']
     assert not got['fastai']
