@@ -30,10 +30,13 @@ from .options import DEFAULTS
 # %% ../nbs/02_learner.ipynb #1c6aad47
 from fastai.callback.core import Callback
 from fastai.callback.channelslast import ChannelsLast
+from fastai.callback.mixup import CutMix, MixUp
 from fastai.callback.fp16 import MixedPrecision  # noqa: F401 (importing it adds Learner.to_fp16 / to_bf16)
 from fastai.callback.schedule import minimum, slide, steep, valley  # adds fit_one_cycle, fine_tune, lr_find
 from fastai.data.transforms import Normalize
 from fastai.learner import Learner
+from fastcore.basics import listify
+from fastai.losses import LabelSmoothingCrossEntropyFlat
 from fastai.metrics import accuracy, error_rate
 from fastai.vision.learner import vision_learner
 
@@ -126,6 +129,9 @@ def pets_learner(dls, # DataLoaders, e.g. from `pets_dataloaders`
                  precision:str='auto', # 'auto', 'fp32', 'fp16' or 'bf16' (see `get_precision`)
                  path:str|Path=None, # Where fastai may write `models/` (default: a new temporary folder)
                  metrics=None, # Default: error_rate and accuracy
+                 label_smoothing:float=0., # Above 0: fastai's `LabelSmoothingCrossEntropyFlat` with this epsilon, instead of cross-entropy
+                 mixup:float=0., # Above 0: fastai's `MixUp` callback with this alpha
+                 cutmix:float=0., # Above 0: fastai's `CutMix` callback with this alpha
                  **kwargs # Passed to fastai's `vision_learner`
                 ) -> Learner:
     "The chapter's learner: a pretrained body (a torchvision ResNet, or any timm model) with a new head for `dls.c` classes"
@@ -136,6 +142,10 @@ def pets_learner(dls, # DataLoaders, e.g. from `pets_dataloaders`
     _ensure_normalized(dls, arch)
     path = Path(path) if path is not None else Path(tempfile.mkdtemp(prefix='petbreeds-learner-'))
     extra = arch_kwargs(arch, size) if size else {}   # e.g. a ViT's img_size; fastai passes it on to timm
+    if label_smoothing: kwargs.setdefault('loss_func', LabelSmoothingCrossEntropyFlat(eps=label_smoothing))
+    if mixup and cutmix: raise PetbreedsError("MixUp and CutMix both mix each batch: use one at a time", "drop --mixup or --cutmix")
+    mixing = [MixUp(mixup)] if mixup else [CutMix(cutmix)] if cutmix else []
+    if mixing: kwargs['cbs'] = mixing + listify(kwargs.get('cbs'))   # fastai takes one callback or a list
     learn = vision_learner(dls, make, pretrained=False, metrics=metrics or [error_rate, accuracy], path=path, model_dir='checkpoints', **extra, **kwargs)
     if source is not None:
         if is_timm(arch): learn.model[0].model.load_state_dict(source.state_dict())   # fastai's TimmBody keeps timm's model whole

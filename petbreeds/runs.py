@@ -163,7 +163,7 @@ def prepare(cfg:TrainConfig=None, out:str|Path=None, resume_run:bool=False, prog
         seed_everything(cfg.seed)
         dls = pets_dataloaders(images, bs=cfg.bs, valid_pct=cfg.valid_pct, seed=cfg.seed, size=cfg.size, presize=cfg.presize, min_scale=cfg.min_scale,
                                target=cfg.target, num_workers=cfg.num_workers, device=device, progress=progress and me.is_main)
-    learn = pets_learner(dls, cfg.arch, cfg.weights, precision, path=out)
+    learn = pets_learner(dls, cfg.arch, cfg.weights, precision, path=out, label_smoothing=cfg.label_smoothing, mixup=cfg.mixup, cutmix=cfg.cutmix)
     info = {'images': str(Path(images).resolve()), 'device': str(device), 'precision': precision, 'train_images': len(dls.train_ds),
             'valid_images': len(dls.valid_ds), 'stand_in_weights': cfg.demo and cfg.weights == 'imagenet',
             'processes': me.world_size, 'global_bs': cfg.bs * me.world_size, 'versions': library_versions()}

@@ -94,3 +94,12 @@ def test_archs_lists_the_picks_and_where_their_weights_are(hub_env):
     assert any(l.startswith('resnet34 ') and 'torchvision' in l for l in res.stdout.splitlines())
     found = petbreeds_cmd('archs', 'convnext_tiny', '--limit', 3, env=hub_env).stdout.splitlines()
     assert len(found) == 4 and all(l.startswith('convnext_tiny') for l in found[:3]) and '--limit' in found[3]
+
+def test_recipe_options_train_from_the_command_line(subprocess_env, tmp_path):
+    "--demo --recipe strong: the demo's sizes and model, the recipe's label smoothing; --mixup on top; each recorded with the run"
+    res = petbreeds_cmd('train', '--demo', '--recipe', 'strong', '--mixup', 0.4, '--epochs', 1, '--freeze-epochs', 0, '--out', tmp_path/'run', env=subprocess_env)
+    assert res.returncode == 0, res.stderr
+    options = json.loads((tmp_path/'run'/'metrics.json').read_text())['options']
+    assert (options['recipe'], options['arch'], options['size'], options['label_smoothing'], options['mixup'], options['epochs']) == ('strong', 'resnet18', 64, 0.1, 0.4, 1)
+    assert_one_line_error(petbreeds_cmd('train', '--demo', '--mixup', 0.4, '--cutmix', 1, env=subprocess_env), 'use one at a time')
+    assert_one_line_error(petbreeds_cmd('train', '--demo', '--recipe', 'fast', env=subprocess_env), 'fast')
