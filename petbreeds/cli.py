@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['UsageError', 'positive_int', 'option_type', 'build_parser', 'subcommand', 'run_download', 'add_download', 'run_check',
            'add_check', 'run_archs', 'add_archs', 'config_from_args', 'run_train', 'add_train', 'run_lr_find',
-           'add_lr_find', 'run_evaluate', 'add_evaluate', 'run_predict', 'add_predict', 'run_export', 'add_export',
-           'tcp_port', 'run_serve', 'add_serve', 'main']
+           'add_lr_find', 'run_evaluate', 'add_evaluate', 'run_predict', 'add_predict', 'run_explain', 'add_explain',
+           'run_export', 'add_export', 'tcp_port', 'run_serve', 'add_serve', 'main']
 
 # %% ../nbs/07_cli.ipynb #954544b8
 import argparse
@@ -293,6 +293,28 @@ def add_predict(p):
     p.add_argument('--tta', action='store_true', help='average with the mirror image')
     p.add_argument('--backend', choices=('auto', 'torch', 'onnx'), default='auto', help='engine (default: auto, by the file kind)')
     p.add_argument('--json', action='store_true', help='one JSON object per image per line')
+
+# %% ../nbs/07_cli.ipynb #fb9b061e
+def run_explain(args) -> int:
+    from petbreeds.explain import explain
+    failed = 0
+    for r in explain(args.model, args.images, out=args.out):
+        if 'error' in r:
+            failed += 1
+            print(f"petbreeds: error: {r['error']}", file=sys.stderr)
+        else: print(f"{r['image']}: {r['label']} {r['probability']:.3f} -> {r['file']}")
+    return 1 if failed else 0
+
+@subcommand('explain', run_explain)
+def add_explain(p):
+    """where the model looks: a Grad-CAM heatmap over each image
+
+    For each IMAGE, the model's top class and a picture, OUT/<name>.gradcam.png, of the photo with a
+    heatmap over the square the model sees: warm where the evidence for that class is. Needs torch, not
+    fastai. Exit code 1 if any image could not be read."""
+    p.add_argument('model', metavar='MODEL', help='model.safetensors from a run')
+    p.add_argument('images', nargs='+', metavar='IMAGE', help='image files')
+    p.add_argument('--out', metavar='DIR', default='explained', help='folder for the pictures (default: ./explained)')
 
 # %% ../nbs/07_cli.ipynb #c613399c
 def run_export(args) -> int:

@@ -107,7 +107,8 @@ def _background(rng, w, h):
 
 def draw_pet(shape:str, pattern:str, hue:float, # What to draw: one of `SHAPES`, one of `PATTERNS`, a hue in [0, 1)
              rng:np.random.Generator, # Source of every random choice
-             size:tuple=(96, 96) # (width, height) in pixels
+             size:tuple=(96, 96), # (width, height) in pixels
+             with_mask:bool=False # Also return where the pet is: a height x width array in [0, 1]
             ) -> Image.Image:
     "Draw a `shape` filled with `pattern` in colour `hue` on a cluttered background"
     w, h = size
@@ -122,7 +123,8 @@ def draw_pet(shape:str, pattern:str, hue:float, # What to draw: one of `SHAPES`,
     img = img * (1 - mask) + (main * (1 - fill) + second * fill) * mask
     img = img + rng.normal(0, 0.03, img.shape).astype(np.float32)
     pet = Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8))
-    return pet.filter(ImageFilter.GaussianBlur(rng.uniform(0, 0.8)))
+    pet = pet.filter(ImageFilter.GaussianBlur(rng.uniform(0, 0.8)))
+    return (pet, mask[..., 0]) if with_mask else pet
 
 # %% ../nbs/00c_demo.ipynb #6e4182e3
 def _jpeg_bytes(img):

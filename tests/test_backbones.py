@@ -103,3 +103,19 @@ def test_recipe_options_train_from_the_command_line(subprocess_env, tmp_path):
     assert (options['recipe'], options['arch'], options['size'], options['label_smoothing'], options['mixup'], options['epochs']) == ('strong', 'resnet18', 64, 0.1, 0.4, 1)
     assert_one_line_error(petbreeds_cmd('train', '--demo', '--mixup', 0.4, '--cutmix', 1, env=subprocess_env), 'use one at a time')
     assert_one_line_error(petbreeds_cmd('train', '--demo', '--recipe', 'fast', env=subprocess_env), 'fast')
+
+def test_explain_reads_a_timm_cnns_map_and_a_vits_tokens(timm_run, hub_env, tmp_path, monkeypatch):
+    "Grad-CAM for timm: a CNN's feature map (efficientnet_b0), and a ViT's patch tokens laid back on their grid"
+    from petbreeds.data import pets_dataloaders
+    from petbreeds.explain import explain
+    from petbreeds.learner import pets_learner, save_model
+    run, images = timm_run
+    photo = sorted(images.glob('*.jpg'))[0]
+    (cnn,) = explain(run/'model.safetensors', [photo])
+    assert cnn['cam'].shape == (2, 2) and cnn['cam'].max() == 1   # 64 pixels, stride 32
+    for k, v in hub_env.items(): monkeypatch.setenv(k, v)
+    use_standin_weights('deit_tiny_patch16_224')
+    dls = pets_dataloaders(images, bs=4, size=64, presize=80, device='cpu', progress=False)
+    vit = save_model(pets_learner(dls, 'deit_tiny_patch16_224'), tmp_path/'vit.safetensors')
+    (res,) = explain(vit, [photo])
+    assert res['cam'].shape == (4, 4) and 0 < res['probability'] <= 1   # 64 / 16 patches a side

@@ -187,3 +187,18 @@ def test_evaluate_works_on_a_folder_of_three_photos(model, subprocess_env, tmp_p
     res = petbreeds_cmd('evaluate', model_file, few, '--json', '--out', tmp_path/'eval', env=subprocess_env)
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)['images'] == 3
+
+def test_explain_writes_one_picture_per_readable_image(model, subprocess_env, tmp_path):
+    model_file, images = model
+    good = [images/'pug_1.jpg', images/'Bengal_1.jpg']
+    res = petbreeds_cmd('explain', model_file, good[0], tmp_path/'missing.jpg', good[1], '--out', tmp_path/'pictures', env=subprocess_env)
+    assert res.returncode == 1, res.stderr
+    lines = res.stdout.strip().splitlines()
+    assert [l.split(':')[0] for l in lines] == [str(g) for g in good] and all(l.endswith('.gradcam.png') for l in lines)
+    errors = res.stderr.strip().splitlines()
+    assert len(errors) == 1 and errors[0].startswith('petbreeds: error: ') and 'no image file' in errors[0]
+    from petbreeds.explain import TITLE_BAR
+    for g in good:   # the photo's own aspect, a strip for the title above
+        w, h = Image.open(g).size
+        assert Image.open(tmp_path/'pictures'/f'{g.stem}.gradcam.png').size == (w, h + TITLE_BAR)
+    assert_one_line_error(petbreeds_cmd('explain', tmp_path/'nope.safetensors', good[0], env=subprocess_env), 'does not exist')
