@@ -141,7 +141,7 @@ def _add_train_options(p):
         m = f.metadata
         if m['group'] not in groups: groups[m['group']] = p.add_argument_group(m['group'])
         demo = '' if m['demo'] is None else f"; --demo: {m['demo']}"
-        default = '' if m['default'] is None else f" (default: {m['default']}{demo})"
+        default = '' if m['default'] in (None, ()) else f" (default: {m['default']}{demo})"
         metavar = '|'.join(m['choices']) if m['choices'] else f.name.upper().replace('_', '-')
         groups[m['group']].add_argument('--' + f.name.replace('_', '-'), dest=f.name, type=option_type(f), default=None,
                                         metavar=metavar, help=m['help'] + default)
@@ -364,7 +364,7 @@ def tcp_port(text:str) -> int:
 
 def run_serve(args) -> int:
     from petbreeds.serve import serve
-    serve(args.model, host=args.host, port=args.port, backend=args.backend, top_k=args.top_k, share=args.share)
+    serve(args.model, host=args.host, port=args.port, backend=args.backend, top_k=args.top_k, share=args.share, heatmap=not args.no_heatmap)
     return 0
 
 @subcommand('serve', run_serve)
@@ -372,13 +372,15 @@ def add_serve(p):
     """serve a model as a web page and an API (Gradio)
 
     Serve MODEL's page on http://HOST:PORT/: upload, drop, paste or take a photo and see its top breeds, its
-    species and how long it took; the same answer as JSON from the API endpoint `classify`. Stop with Ctrl-C."""
+    species, how long it took, and where the model looked (a Grad-CAM heatmap); the same answers from the API endpoints
+    `classify` (JSON) and `explain` (a picture). Stop with Ctrl-C."""
     p.add_argument('model', metavar='MODEL', help='a model.safetensors, or a .onnx from petbreeds export')
     p.add_argument('--host', default='127.0.0.1', help='where to listen (default: 127.0.0.1, this machine only; 0.0.0.0: your network)')
     p.add_argument('--port', type=tcp_port, default=7860, help='TCP port (default: 7860)')
     p.add_argument('--backend', choices=('auto', 'torch', 'onnx'), default='auto', help='engine (default: auto, by the file kind)')
     p.add_argument('--top-k', type=positive_int, default=3, metavar='K', help='breeds to show per photo (default: 3)')
     p.add_argument('--share', action='store_true', help="also make a public link through gradio's relay (needs the internet)")
+    p.add_argument('--no-heatmap', action='store_true', help="don't compute where the model looked (halves the work per photo; .onnx models never show it)")
 
 # %% ../nbs/07_cli.ipynb #66b624a4
 def _interrupted(args) -> str:

@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['Evaluation', 'evaluate', 'confusion_matrix', 'most_confused', 'per_class_table', 'species_error', 'reliability',
-           'expected_calibration_error', 'plot_confusion', 'plot_reliability', 'plot_top_losses', 'summarise',
-           'write_evaluation', 'write_report']
+           'expected_calibration_error', 'plot_confusion', 'plot_reliability', 'top_loss_indices', 'top_loss_cams',
+           'plot_top_losses', 'summarise', 'write_evaluation', 'write_report']
 
 # %% ../nbs/03_interpret.ipynb #38d77b26
 import csv
@@ -160,25 +160,44 @@ def plot_reliability(ev:Evaluation, bins:int=10):
     ax.legend(loc='upper left', fontsize=8); fig.tight_layout()
     return fig
 
+def top_loss_indices(ev:Evaluation, k:int=9) -> np.ndarray:
+    "The indices of the `k` images with the highest loss, highest first"
+    return np.argsort(-ev.losses, kind='stable')[:min(k, len(ev.targets))]
+
+def top_loss_cams(model_file:str|Path, # The model.safetensors that made `ev`
+                  ev:Evaluation, k:int=9) -> list:
+    "Grad-CAM maps (`petbreeds.explain`) of the `k` top-loss images, each for the class the model predicted"
+    from petbreeds.explain import grad_cam
+    from petbreeds.inference import build_model, load_model, open_image, prepare_image
+    state, meta = load_model(model_file)
+    if list(meta['vocab']) != list(ev.vocab): raise PetbreedsError(f"'{model_file}' has other classes than this evaluation", "pass the model that was evaluated")
+    model, spec = build_model(state, meta), InputSpec.from_dict(meta['input'])
+    return [grad_cam(model, prepare_image(open_image(ev.items[i]), spec), int(ev.preds[i]))[0] for i in top_loss_indices(ev, k)]
+
 def plot_top_losses(ev:Evaluation, k:int=9,
-                    spec:InputSpec=None # How the model saw each image (default: the chapter's); images are shown as its square item
+                    spec:InputSpec=None, # How the model saw each image (default: the chapter's); images are shown as its square item
+                    cams:list=None # Heatmaps to lay over the images, one per top loss (`top_loss_cams`)
                    ):
     "The `k` images with the highest loss: predicted / actual / loss / probability of the actual class"
     import matplotlib.pyplot as plt
     from PIL import Image
     spec = spec or InputSpec()
     if not ev.items: raise PetbreedsError("this evaluation has no image files to show", "evaluate a DataLoader of files")
-    k = min(k, len(ev.targets))
-    idx = np.argsort(-ev.losses)[:k]
+    idx = top_loss_indices(ev, k)
+    k = len(idx)
     cols = min(3, k); rows = math.ceil(k / cols)
     fig, axs = plt.subplots(rows, cols, figsize=(3.3 * cols, 3.6 * rows), squeeze=False)
     for ax in axs.flat: ax.axis('off')
-    for ax, i in zip(axs.flat, idx):
-        with Image.open(ev.items[i]) as im: ax.imshow(spec.item(im))
+    for n, (ax, i) in enumerate(zip(axs.flat, idx)):
+        with Image.open(ev.items[i]) as im: item = spec.item(im)
+        ax.imshow(item)
+        if cams is not None:   # the map covers the square the model saw, which is the item
+            ax.imshow(cams[n], cmap='jet', alpha=0.4, vmin=0, vmax=1, interpolation='bilinear', extent=(-0.5, item.width - 0.5, item.height - 0.5, -0.5))
         p, t = ev.preds[i], ev.targets[i]
         ax.set_title(f"{ev.vocab[p]} / {ev.vocab[t]}\nloss {ev.losses[i]:.2f}, p(actual) {ev.probs[i, t]:.2f}", fontsize=9,
                      color='firebrick' if p != t else 'black')
-    fig.suptitle('top losses: predicted / actual', fontsize=11); fig.tight_layout()
+    fig.suptitle('top losses: predicted / actual' + ('\nheatmap: where the model looked for what it predicted (Grad-CAM)' if cams is not None else ''), fontsize=11)
+    fig.tight_layout()
     return fig
 
 # %% ../nbs/03_interpret.ipynb #337b8107
@@ -192,13 +211,16 @@ def summarise(ev:Evaluation, ev_tta:Evaluation=None, top:int=5) -> dict:
                       'ece': expected_calibration_error(ev_tta)}
     return res
 
-def write_evaluation(folder:str|Path, ev:Evaluation, ev_tta:Evaluation=None, spec:InputSpec=None, extra:dict=None) -> dict:
+def write_evaluation(folder:str|Path, ev:Evaluation, ev_tta:Evaluation=None, spec:InputSpec=None, extra:dict=None,
+                     model_file:str|Path=None # The model evaluated: its Grad-CAM heatmaps go over the top losses
+                    ) -> dict:
     "Write confusion.png, top_losses.png, calibration.png, per_breed.csv and evaluation.json into `folder`"
     import matplotlib.pyplot as plt
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     summary = {**summarise(ev, ev_tta), **(extra or {})}
+    cams = top_loss_cams(model_file, ev) if model_file is not None and ev.items else None
     for name, make in (('confusion.png', lambda: plot_confusion(ev)), ('calibration.png', lambda: plot_reliability(ev)),
-                       ('top_losses.png', lambda: plot_top_losses(ev, 9, spec))):
+                       ('top_losses.png', lambda: plot_top_losses(ev, 9, spec, cams))):
         if name == 'top_losses.png' and not ev.items: continue
         fig = make(); fig.savefig(folder/name, dpi=100); plt.close(fig)
     rows = per_class_table(ev)

@@ -194,16 +194,22 @@ class Stage:
     lr_max: float      # the peak learning rate; a (lo, hi) pair means slice(lo, hi)
     pct_start: float = 0.25   # share of the cycle spent warming up
     div: float = 25.0         # the cycle starts at lr_max / div
+    size: int = None          # pixels the images are resized to in this stage (progressive resizing); None: the DataLoaders' own
 
     @property
     def lr(self): return slice(*self.lr_max) if isinstance(self.lr_max, (tuple, list)) else self.lr_max
+    @property
+    def label(self): return self.name if self.size is None else f"{self.name} {self.size}px"   # as the history names it
 
 def fine_tune_stages(epochs:int, base_lr:float=2e-3, freeze_epochs:int=1, lr_mult:float=100,
-                     pct_start:float=0.3, div:float=5.0) -> list:
+                     pct_start:float=0.3, div:float=5.0,
+                     sizes:tuple=() # Progressive resizing: the whole schedule once per size, in turn; (): once, at the DataLoaders' size
+                    ) -> list:
     "The stages of fastai's `fine_tune`, with its defaults"
     half = base_lr / 2
-    return [s for s in (Stage('frozen', True, freeze_epochs, (None, base_lr), 0.99),
-                        Stage('unfrozen', False, epochs, (half / lr_mult, half), pct_start, div)) if s.epochs > 0]
+    return [s for size in (sizes or (None,))
+            for s in (Stage('frozen', True, freeze_epochs, (None, base_lr), 0.99, size=size),
+                      Stage('unfrozen', False, epochs, (half / lr_mult, half), pct_start, div, size=size)) if s.epochs > 0]
 
 def _set_frozen(learn, frozen):
     if frozen: learn.freeze()
@@ -211,15 +217,18 @@ def _set_frozen(learn, frozen):
 
 def run_stages(learn:Learner, stages:list, start:tuple=(0, 0), # (stage, epoch) to start from, for resuming
                cbs=None, # Callbacks for every stage; they can read `learn.stage_index` and `learn.stage`
-               resume_from:str|Path=None # A checkpoint (model and optimiser) to load before the first epoch
+               resume_from:str|Path=None, # A checkpoint (model and optimiser) to load before the first epoch
+               dls_at=None # `dls_at(size)`: the DataLoaders at `size`, for stages that set one (progressive resizing)
               ) -> Learner:
     "Fit `learn` through `stages` with fastai's one-cycle schedule, from `start`"
     first_stage, first_epoch = start
+    if any(s.size for s in stages) and dls_at is None: raise ValueError("stages with a size need `dls_at` to make their DataLoaders")
     for i, stage in enumerate(stages):
         if i < first_stage: continue
         learn.stage_index, learn.stage = i, stage
         skip = first_epoch if i == first_stage else 0
         if skip >= stage.epochs: continue
+        if stage.size and input_spec_of(learn.dls).size != stage.size: learn.dls = dls_at(stage.size)
         _set_frozen(learn, stage.frozen)
         if resume_from is not None:   # load after freezing: freezing clears the optimiser state
             # absolute: fastai joins a relative name onto learn.path/model_dir, which for a run is the same folder again
@@ -295,7 +304,7 @@ class RunHistory(Callback):
             if new: w.writeheader()
             w.writerows(rows)
 
-    def _stage(self): return self.learn.stage.name if hasattr(self.learn, 'stage') else ''
+    def _stage(self): return self.learn.stage.label if hasattr(self.learn, 'stage') else ''
 
     def after_batch(self):
         if self.training:

@@ -17,7 +17,8 @@ KINDS = {  # kind: what a valid value is, as the error says it ("expected ...")
     'text': 'text', 'count': '0 or more', 'positive_int': 'a number above 0', 'positive': 'a number above 0',
     'fraction': 'a number between 0 and 1', 'fraction_or_one': 'a number above 0 and at most 1',
     'batch': "2 or more (the new head's BatchNorm needs two images a batch to train)",
-    'non_negative': 'a number 0 or more', 'smoothing': 'a number from 0 up to, not including, 1'}
+    'non_negative': 'a number 0 or more', 'smoothing': 'a number from 0 up to, not including, 1',
+    'sizes': 'sizes in pixels, smallest first, each at least 8, separated by commas (e.g. 128,224)'}
 WHOLE = ('count', 'positive_int', 'batch')   # the kinds that take whole numbers only
 
 def option(default, # The value when neither the user nor --demo gives one
@@ -25,9 +26,11 @@ def option(default, # The value when neither the user nor --demo gives one
            group:str, # The --help section it is listed in
            kind:str='text', # One of `KINDS`
            demo=None, # The value --demo gives it, if any
-           choices:tuple=None): # The only values allowed, if the list is short
+           choices:tuple=None, # The only values allowed, if the list is short
+           example:str=None): # A valid value the error suggests (default: `default`)
     "A `TrainConfig` field: given or not given (None), with its default, demo value, kind and help"
-    return field(default=None, metadata=dict(default=default, help=help, group=group, kind=kind, demo=demo, choices=choices))
+    return field(default=None, metadata=dict(default=default, help=help, group=group, kind=kind, demo=demo, choices=choices,
+                                             example=example if example is not None else default))
 
 def _is_int(v): return isinstance(v, int) and not isinstance(v, bool)
 
@@ -35,6 +38,9 @@ def value_problem(kind:str, # One of `KINDS`
                   value) -> str|None:
     "What is wrong with `value` for an option of `kind`, as \"expected ..., got ...\"; None if nothing is"
     if kind == 'text': return None if isinstance(value, str) else f"expected text, got {value!r}"
+    if kind == 'sizes':
+        ok = isinstance(value, (tuple, list)) and all(_is_int(v) and v >= 8 for v in value) and all(a < b for a, b in zip(value, value[1:]))
+        return None if ok else f"expected {KINDS[kind]}, got {','.join(map(str, value)) if isinstance(value, (tuple, list)) else repr(value)}"
     if kind in WHOLE and not _is_int(value): return f"expected a whole number, got {value!r}"
     if not (isinstance(value, (int, float)) and not isinstance(value, bool)): return f"expected a number, got {value!r}"
     ok = math.isfinite(value) and {'count': value >= 0, 'positive_int': value > 0, 'positive': value > 0, 'batch': value >= 2, 'fraction': 0 < value < 1, 'fraction_or_one': 0 < value <= 1,
@@ -46,7 +52,7 @@ def _flag(f): return '--' + f.name.replace('_', '-')
 def check_value(f, value):
     "`value` if it is valid for the `TrainConfig` field `f`, else a `PetbreedsError` naming the option"
     problem = value_problem(f.metadata['kind'], value)
-    if problem: raise PetbreedsError(f"{f.name}: {problem}", f"pass e.g. {_flag(f)} {f.metadata['default']}")
+    if problem: raise PetbreedsError(f"{f.name}: {problem}", f"pass e.g. {_flag(f)} {f.metadata['example']}")
     choices = f.metadata['choices']
     if choices and value not in choices: raise PetbreedsError(f"unknown {f.name} {value!r}", f"use one of: {', '.join(map(str, choices))}")
     return value
@@ -55,8 +61,12 @@ def parse_value(f, text:str):
     "The value of `TrainConfig` field `f` written as `text` on the command line, checked"
     kind = f.metadata['kind']
     if kind == 'text': return check_value(f, text)
+    if kind == 'sizes':
+        try: value = tuple(int(t) for t in text.split(','))
+        except ValueError: raise PetbreedsError(f"{f.name}: expected {KINDS[kind]}, got '{text}'", f"pass e.g. {_flag(f)} {f.metadata['example']}") from None
+        return check_value(f, value)
     try: value = int(text) if kind in WHOLE else float(text)
-    except ValueError: raise PetbreedsError(f"{f.name}: expected a {'whole ' if kind in WHOLE else ''}number, got '{text}'", f"pass e.g. {_flag(f)} {f.metadata['default']}") from None
+    except ValueError: raise PetbreedsError(f"{f.name}: expected a {'whole ' if kind in WHOLE else ''}number, got '{text}'", f"pass e.g. {_flag(f)} {f.metadata['example']}") from None
     return check_value(f, value)
 
 # %% ../nbs/00b_options.ipynb #8b6e80d4
@@ -74,6 +84,7 @@ class TrainConfig:
     valid_pct: float = option(0.2, "share of images held out for validation", 'data', 'fraction')
     seed: int = option(42, "seed for the split, the new head and the augmentations", 'data', 'count')
     size: int = option(224, "pixels: side of the square the model sees", 'presizing', 'positive_int', demo=64)
+    sizes: tuple = option((), "progressive resizing: train the whole schedule at each size in turn, smallest first (e.g. 128,224); the model keeps the last (default: --size alone)", 'presizing', 'sizes', example='128,224')
     presize: int = option(460, "pixels: side of the square items are cropped to first", 'presizing', 'positive_int', demo=96)
     min_scale: float = option(0.75, "smallest share of the item the random crop keeps", 'presizing', 'fraction_or_one')
     bs: int = option(64, "images per batch", 'presizing', 'batch', demo=32)
@@ -92,6 +103,11 @@ class TrainConfig:
 
     def __post_init__(self):
         recipe = RECIPES[check_value(_field('recipe'), self.recipe) if self.recipe is not None else 'book']
+        if self.sizes is not None:
+            self.sizes = tuple(check_value(_field('sizes'), self.sizes))   # a run folder's config.json stores a list
+            if self.sizes and self.size is None: self.size = self.sizes[-1]   # the model is trained last, and saved, at the last size
+            elif self.sizes and self.size != self.sizes[-1]:
+                raise PetbreedsError(f"size {self.size} is not the last of sizes {','.join(map(str, self.sizes))}, the size the model ends at", "drop --size, or end --sizes with it")
         for f in option_fields():
             value = getattr(self, f.name)
             if value is None:   # not given: the demo's value, else the recipe's, else the default

@@ -28,6 +28,9 @@ from .options import DEFAULTS, DEMO, TrainConfig  # noqa: F401 (TrainConfig, DEM
 def check_config(cfg:TrainConfig) -> TrainConfig:
     "Refuse options that can't work on this machine and these files, before any work starts"
     if cfg.epochs + cfg.freeze_epochs == 0: raise PetbreedsError("epochs and freeze_epochs are both 0: nothing to train", "pass --epochs 1 or more")
+    if cfg.sizes and cfg.sizes[-1] > cfg.presize:
+        raise PetbreedsError(f"size {cfg.sizes[-1]} in --sizes is larger than the presize {cfg.presize}: the batch crop would have to enlarge the image",
+                             f"use --presize {cfg.sizes[-1]} or more, or smaller sizes")
     from petbreeds.learner import get_arch
     get_arch(cfg.arch)
     get_precision(cfg.precision, get_device(cfg.device))
@@ -54,8 +57,12 @@ def plot_loss(folder:str|Path):
     ax.plot(x[window - 1:], average, color='tab:blue', label=f'train, mean of the last {window} batches')
     ends = [max(i + 1 for i, b in enumerate(batches) if int(b['epoch']) == int(e['epoch'])) for e in epochs]
     ax.plot(ends, [float(e['valid_loss']) for e in epochs], 'o-', color='tab:orange', label='valid, end of each epoch')
-    first_unfrozen = next((i for i, b in enumerate(batches) if b['stage'] == 'unfrozen'), None)
+    first_unfrozen = next((i for i, b in enumerate(batches) if b['stage'].startswith('unfrozen')), None)
     if first_unfrozen: ax.axvline(first_unfrozen + 0.5, color='grey', ls='--', lw=1, label='body unfrozen')
+    size = lambda b: b['stage'].partition(' ')[2]   # '64px' in 'unfrozen 64px' (progressive resizing), else ''
+    for i in range(1, len(batches)):
+        if size(batches[i]) != size(batches[i - 1]):
+            ax.axvline(i + 0.5, color='tab:green', ls=':', lw=1.5, label=f"images at {size(batches[i])}")
     ax.set_xlabel('batch'); ax.set_ylabel('cross-entropy loss'); ax.set_ylim(bottom=0); ax.set_title('loss')
     ax.legend(); fig.tight_layout()
     return fig
@@ -72,6 +79,7 @@ class Run:
     info: dict     # the images folder, device, precision, set sizes, versions: recorded in config.json
     me: RankInfo = RankInfo()   # this process's place in a data-parallel run; alone by default
     lock: object = None         # the open, locked `.lock` file of the run folder: held while this process lives
+    dls_at: object = None       # `dls_at(size)`: this run's DataLoaders at another size, for progressive resizing
 
 def new_run_folder(cfg:TrainConfig, suffix:str=None) -> Path:
     "runs/<date>-<time>-<arch><suffix>, the suffix '-demo' for a demo run unless given"
@@ -148,7 +156,7 @@ def prepare(cfg:TrainConfig=None, out:str|Path=None, resume_run:bool=False, prog
         cfg = load_config(out)
     cfg = check_config(cfg or TrainConfig())
     me = _join(cfg)
-    stages = fine_tune_stages(cfg.epochs, cfg.lr, cfg.freeze_epochs)
+    stages = fine_tune_stages(cfg.epochs, cfg.lr, cfg.freeze_epochs, sizes=cfg.sizes)
     out = Path(out) if out is not None else new_run_folder(cfg, suffix)
     if me.distributed:
         from petbreeds.distributed import broadcast_object
@@ -158,16 +166,19 @@ def prepare(cfg:TrainConfig=None, out:str|Path=None, resume_run:bool=False, prog
     if me.is_main and on_start is not None: on_start(cfg, out, start, resume_run)
     device = get_device(cfg.device)
     precision = get_precision(cfg.precision, device)
+    def dls_at(size):
+        with _first_on_each_machine(me):   # one process per machine builds the cache at a new size
+            return pets_dataloaders(images, bs=cfg.bs, valid_pct=cfg.valid_pct, seed=cfg.seed, size=size, presize=cfg.presize, min_scale=cfg.min_scale,
+                                    target=cfg.target, num_workers=cfg.num_workers, device=device, progress=progress and me.is_main)
     with _first_on_each_machine(me):
         images = _images(cfg)   # first: building the demo's stand-ins (once per machine) uses the random generators
-        seed_everything(cfg.seed)
-        dls = pets_dataloaders(images, bs=cfg.bs, valid_pct=cfg.valid_pct, seed=cfg.seed, size=cfg.size, presize=cfg.presize, min_scale=cfg.min_scale,
-                               target=cfg.target, num_workers=cfg.num_workers, device=device, progress=progress and me.is_main)
+    seed_everything(cfg.seed)
+    dls = dls_at(stages[min(start[0], len(stages) - 1)].size or cfg.size)   # the size the run starts (or resumes) at
     learn = pets_learner(dls, cfg.arch, cfg.weights, precision, path=out, label_smoothing=cfg.label_smoothing, mixup=cfg.mixup, cutmix=cfg.cutmix)
     info = {'images': str(Path(images).resolve()), 'device': str(device), 'precision': precision, 'train_images': len(dls.train_ds),
             'valid_images': len(dls.valid_ds), 'stand_in_weights': cfg.demo and cfg.weights == 'imagenet',
             'processes': me.world_size, 'global_bs': cfg.bs * me.world_size, 'versions': library_versions()}
-    return Run(cfg, out, learn, stages, start, info, me, lock)
+    return Run(cfg, out, learn, stages, start, info, me, lock, dls_at)
 
 
 # %% ../nbs/06_runs.ipynb #0153f82c
@@ -239,7 +250,7 @@ def fit(run:Run, progress:str='bars', # 'bars' (fastprogress), 'lines' (one prin
     with contextlib.ExitStack() as quiet:
         if progress != 'bars' or not run.me.is_main: quiet.enter_context(learn.no_bar()); quiet.enter_context(learn.no_logging())
         quiet.enter_context(_parallel(run))
-        try: run_stages(learn, run.stages, start=run.start, cbs=cbs, resume_from=resume_from)
+        try: run_stages(learn, run.stages, start=run.start, cbs=cbs, resume_from=resume_from, dls_at=run.dls_at)
         except torch.OutOfMemoryError: raise RunOutOfMemory(run.info['device'], run.cfg.arch, run.cfg.bs, out) from None
         if nan.stopped: raise RunDiverged(run.cfg.lr, out)   # the record stops at the last good epoch
         ev = evaluate(learn)   # one pass over the validation set gives the metrics and the report's plots
@@ -265,7 +276,7 @@ def record(run:Run, ev, started:float, report:bool=True) -> dict:
                'best': read_progress(out)['best'], 'run_folder': str(out), 'versions': library_versions()}
     save_model(run.learn, out/'model.safetensors', metrics={k: metrics[k] for k in ('error_rate', 'accuracy', 'valid_loss', 'epochs')})
     fig = plot_loss(out); fig.savefig(out/'loss.png', dpi=100); plt.close(fig)
-    if report: write_evaluation(out, ev, spec=run.learn.dls.input_spec)
+    if report: write_evaluation(out, ev, spec=run.learn.dls.input_spec, model_file=out/'model.safetensors')
     write_json(out/DONE, metrics)   # last but the page that shows it: from here on the run is finished
     if report: write_report(out)
     return metrics
@@ -347,7 +358,7 @@ def evaluate_model(model_file:str|Path, # A model.safetensors from a run
     ev = evaluate(learn, dl)
     ev_tta = evaluate(learn, dl, tta=True) if tta else None
     out = Path(out) if out is not None else model_file.parent/'evaluation'
-    return write_evaluation(out, ev, ev_tta, spec=spec,
+    return write_evaluation(out, ev, ev_tta, spec=spec, model_file=model_file,
                             extra={'model': str(model_file), 'images_folder': str(images), 'split': 'validation' if same_split else 'all', 'out': str(out)})
 
 def calibration_images(model_file:str|Path, # A model.safetensors

@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['MAX_WORKERS', 'QUEUE_SIZE', 'INTRO', 'EXAMPLE_BREEDS', 'MAX_UPLOAD', 'SPACE_PACKAGE', 'APP_PY', 'serving_plan',
-           'load_predictor', 'classify_file', 'result_view', 'model_card', 'photo_input', 'why_no_result', 'build_app',
-           'is_demo_model', 'demo_examples', 'serve', 'write_space']
+           'load_predictor', 'classify_file', 'result_view', 'model_card', 'photo_input', 'why_no_result',
+           'heatmap_maker', 'build_app', 'is_demo_model', 'demo_examples', 'serve', 'write_space']
 
 # %% ../nbs/09_serve.ipynb #01968e8a
 import atexit
@@ -128,14 +128,29 @@ def why_no_result(image:str) -> str:
     return "No result for that file."
 
 # %% ../nbs/09_serve.ipynb #934f98d5
+def heatmap_maker(model_file:str|Path # A model.safetensors (an ONNX file has no gradients to follow)
+                 ):
+    "`heatmap(path)`: the photo's Grad-CAM picture (`petbreeds.explain`); the network is built on the first call, and calls take turns"
+    from petbreeds.explain import explain_image
+    from petbreeds.inference import build_model, load_model
+    lock, built = threading.Lock(), {}
+    def heatmap(path):
+        with lock:   # the hooks Grad-CAM puts on the network would catch another thread's pass
+            if not built:
+                state, built['meta'] = load_model(model_file)
+                built['model'] = build_model(state, built['meta'])
+            return explain_image(built['model'], built['meta'], open_image(path))['picture']
+    return heatmap
+
 INTRO = ("# Pet breeds\n\nUpload, drop or paste a photo of a cat or a dog: the model names its breed among the 37 of "
          "Oxford-IIIT Pet. The same answer as JSON: `classify` in *Use via API* below.")
 
 def build_app(predictor:Predictor, # From `load_predictor`
               top_k:int=3, # Breeds per photo
-              examples:list=None # Image files to offer as examples
+              examples:list=None, # Image files to offer as examples
+              heatmap=None # `heatmap(path)`: the photo's Grad-CAM picture (`heatmap_maker`); None: no heatmap
              ):
-    "A Gradio page and API over `predictor`: a photo in; its `top_k` breeds, species and time out"
+    "A Gradio page and API over `predictor`: a photo in; its `top_k` breeds, species and time out, and where the model looked"
     gr = _gradio()
     if not isinstance(top_k, int) or top_k < 1: raise PetbreedsError(f"top_k must be a whole number of 1 or more, got {top_k!r}", "pass e.g. --top-k 3")
     def classify(image:str) -> dict:
@@ -149,6 +164,17 @@ def build_app(predictor:Predictor, # From `load_predictor`
         if image is None: raise gr.Error("no photo: upload, drop, paste or take one first", print_exception=False)
         try: return classify_file(predictor, image, top_k)
         except PetbreedsError as e: raise gr.Error(_for_user(e, image), print_exception=False) from None
+    def explain(image:str):
+        """Where the model looked: the photo with a Grad-CAM heatmap of its top breed, and that breed with its probability above.
+
+        Parameters:
+            image: a photo of a cat or a dog
+        Returns:
+            a PNG picture
+        """
+        if image is None: raise gr.Error("no photo: upload, drop, paste or take one first", print_exception=False)
+        try: return heatmap(image)
+        except PetbreedsError as e: raise gr.Error(_for_user(e, image), print_exception=False) from None
     with gr.Blocks(title='petbreeds', analytics_enabled=False) as app:
         gr.Markdown(INTRO)
         with gr.Row():
@@ -160,10 +186,13 @@ def build_app(predictor:Predictor, # From `load_predictor`
                 breeds = gr.Label(num_top_classes=top_k, label='breed', elem_id='breeds')
                 summary = gr.Markdown(elem_id='summary')
                 with gr.Accordion('the API result (JSON)', open=False): result = gr.JSON(label='classify', elem_id='result')
+                if heatmap is not None: heat = gr.Image(type='pil', format='png', label='where the model looked (Grad-CAM)', elem_id='heatmap', interactive=False)
         gr.Markdown(model_card(predictor.meta, predictor.backend), elem_id='model-card')
         event = gr.on([photo.upload, button.click], classify, photo, result, api_name='classify')
         event.success(result_view, result, [breeds, summary], api_visibility='private')
-        event.failure(lambda image: (None, None, why_no_result(image)), photo, [result, breeds, summary], api_visibility='private')
+        shown = [result, breeds, summary] + ([heat] if heatmap is not None else [])
+        event.failure(lambda image: (None, None, why_no_result(image)) + (None,) * (len(shown) - 3), photo, shown, api_visibility='private')
+        if heatmap is not None: event.success(explain, photo, heat, api_name='explain')   # after the breeds are shown
     workers = serving_plan()['workers']
     return app.queue(default_concurrency_limit=workers, max_size=QUEUE_SIZE)
 
@@ -196,6 +225,7 @@ def serve(model:str|Path, # A model.safetensors, or a .onnx from `petbreeds expo
           backend:str='auto', # 'auto' (by the file's kind), 'torch' or 'onnx'
           top_k:int=3, # Breeds per photo
           share:bool=False, # Also make a public link through gradio's relay (needs the internet)
+          heatmap:bool=True, # Show where the model looked (Grad-CAM) below the breeds, and offer it as the API's `explain` (not for .onnx files)
           block:bool=True # Serve until Ctrl-C; False: return the running app (`.local_url`, `.close()`)
          ):
     "Serve `model`'s page and its `classify` API on http://`host`:`port`/"
@@ -204,7 +234,8 @@ def serve(model:str|Path, # A model.safetensors, or a .onnx from `petbreeds expo
     os.environ['GRADIO_TEMP_DIR'] = str(scratch/'uploads')   # read by gradio when it builds the app
     os.environ.setdefault('GRADIO_ANALYTICS_ENABLED', 'False')
     try:
-        app = build_app(predictor, top_k, demo_examples(scratch/'examples') if is_demo_model(model) else None)
+        heat = heatmap_maker(model) if heatmap and Path(model).suffix != '.onnx' else None
+        app = build_app(predictor, top_k, demo_examples(scratch/'examples') if is_demo_model(model) else None, heat)
         try: app.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=True, inline=False, quiet=True, max_file_size=MAX_UPLOAD)
         except OSError as e: raise PetbreedsError(f"can't listen on {host}:{port} ({' '.join(str(e).split())[:60]}...)", "pass another --port, or stop the program using it") from None
     except BaseException:
@@ -214,7 +245,7 @@ def serve(model:str|Path, # A model.safetensors, or a .onnx from `petbreeds expo
         raise
     plan = serving_plan()
     print(f"petbreeds: serving {predictor.meta['arch']} ({predictor.backend}; {plan['workers']} at once, {plan['threads']} thread(s) each) "
-          f"at {app.local_url}  API: classify" + (f"  public link: {app.share_url}" if app.share_url else ''), flush=True)
+          f"at {app.local_url}  API: classify" + (", explain" if heat else '') + (f"  public link: {app.share_url}" if app.share_url else ''), flush=True)
     if host not in ('127.0.0.1', 'localhost', '::1'): print(f"petbreeds: listening on {host}: other machines can reach this page", file=sys.stderr)
     if not block:
         atexit.register(shutil.rmtree, scratch, True)

@@ -123,6 +123,7 @@ def test_browser_upload_shows_the_predictors_top_breed(server, demo_model, uploa
             upload.set_input_files(str(first))
             expect(label).to_have_text(expected[first], timeout=CALL_TIMEOUT * 1000)
             expect(page.locator('#summary')).to_contain_text('predicted in')
+            expect(page.locator('#heatmap img')).to_be_visible(timeout=CALL_TIMEOUT * 1000)   # where the model looked
 
             upload.set_input_files(str(uploads['kit']/'Bengal_906.jpg'))              # a JPEG cut off half way
             expect(page.get_by_text("'Bengal_906.jpg' is damaged or cut short").first).to_be_visible(timeout=CALL_TIMEOUT * 1000)
@@ -153,7 +154,21 @@ def test_api_answers_as_the_predictor_does(client, demo_model, uploads):
     as_stored = Image.open(uploads['sideways']).convert('RGB'); as_stored.info.pop('exif', None)   # the pixels without their tag
     assert predictor.predict([as_stored])[0]['predictions'] != upright['predictions']   # the turn mattered
     assert predictor.predict([uploads['sideways']])[0]['predictions'] == upright['predictions']   # and every command makes it
-    assert list(client.view_api(print_info=False, return_format='dict')['named_endpoints']) == ['/classify']
+    assert list(client.view_api(print_info=False, return_format='dict')['named_endpoints']) == ['/classify', '/explain']
+
+def test_api_explain_gives_the_explain_commands_picture(client, demo_model, uploads):
+    import numpy as np
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+    from petbreeds.explain import TITLE_BAR, explain
+    for f in (uploads['good'][0], uploads['sideways']):   # and the EXIF-turned photo, upright
+        got = Image.open(client.submit(handle_file(str(f)), api_name='/explain').result(timeout=CALL_TIMEOUT)).convert('RGB')
+        want = explain(demo_model, [f])[0]['picture']
+        assert np.array_equal(np.asarray(got), np.asarray(want)), f
+    upright = Image.open(uploads['upright'])
+    assert got.size == (upright.width, upright.height + TITLE_BAR)                # the photo's own shape, title strip above
+    with pytest.raises(AppError) as err: client.submit(handle_file(str(uploads['kit']/'Bengal_906.jpg')), api_name='/explain').result(timeout=CALL_TIMEOUT)
+    assert "'Bengal_906.jpg' is damaged or cut short" in str(err.value)
 
 @pytest.mark.parametrize('name, message', [
     ('Abyssinian_100.mat', 'is not an image'),           # not an image
