@@ -4,15 +4,17 @@
 
 # %% auto #0
 __all__ = ['PRECISIONS', 'CAT_BREEDS', 'DOG_BREEDS', 'BREEDS', 'SPECIES', 'RESNETS', 'PetbreedsError', 'PetbreedsWarning',
-           'get_device', 'get_precision', 'seed_everything', 'RankInfo', 'rank_info', 'species_of', 'species_for',
-           'data_home', 'replace_when_done', 'write_json', 'library_versions']
+           'get_device', 'get_precision', 'seed_everything', 'RankInfo', 'rank_info', 'threads_per_test_notebook',
+           'species_of', 'species_for', 'data_home', 'replace_when_done', 'write_json', 'library_versions']
 
 # %% ../nbs/00_core.ipynb #edacd1dd
 import contextlib
 import json
+import multiprocessing
 import os
 import platform
 import random
+import sys
 import warnings
 from dataclasses import dataclass
 from importlib import metadata
@@ -23,6 +25,8 @@ import numpy as np
 # fastai's import calls torch.jit.script, which torch 2.14 deprecates: a warning about fastai's code that every
 # petbreeds command and notebook would show, with a path into the virtualenv, and no user can act on
 warnings.filterwarnings('ignore', message=r'`torch\.jit\.script` is deprecated', category=FutureWarning)
+# and fastai's ColReader indexes a pandas row by position, which pandas 2 deprecates: the same kind of noise
+warnings.filterwarnings('ignore', message=r'Series\.__getitem__ treating keys as positions', category=FutureWarning, module=r'fastai\.')
 
 
 # %% ../nbs/00_core.ipynb #909ba1d8
@@ -131,6 +135,30 @@ def rank_info() -> RankInfo:
     "This process's place in the run, from the variables torchrun and accelerate set (one process when unset)"
     world = _env_int('WORLD_SIZE', 1)
     return RankInfo(_env_int('RANK', 0), _env_int('LOCAL_RANK', 0), world, _env_int('LOCAL_WORLD_SIZE', world))
+
+# %% ../nbs/00_core.ipynb #856f0202
+def threads_per_test_notebook(cores:int=None, # Cores this process may use (default: its CPU affinity)
+                              workers:int=None # Notebooks at once (default: nbdev_test's, as many as cores up to 8)
+                             ) -> int:
+    "The torch threads each of `nbdev_test`'s notebooks should use: its share of the cores"
+    if cores is None: cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+    return max(1, cores // (workers or min(cores, 8)))
+
+def _workers_asked(argv:list) -> int|None:
+    "The `--n_workers` in an nbdev_test command line, if given"
+    for i, a in enumerate(argv):
+        if a == '--n_workers' and i + 1 < len(argv) and argv[i + 1].isdigit(): return int(argv[i + 1])
+        if a.startswith('--n_workers=') and a[12:].isdigit(): return int(a[12:])
+    return None
+
+def _share_cores_in_test_workers():
+    "In a worker process of `nbdev_test` (not in a notebook you run, nor in pytest), use a share of the cores"
+    if os.environ.get('IN_TEST') != '1' or multiprocessing.parent_process() is None or 'OMP_NUM_THREADS' in os.environ: return
+    n = threads_per_test_notebook(workers=_workers_asked(sys.argv))   # a forked worker keeps the command's sys.argv
+    os.environ['OMP_NUM_THREADS'] = str(n)   # read by torch on import; set also for the processes this one starts
+    if 'torch' in sys.modules: sys.modules['torch'].set_num_threads(n)
+
+_share_cores_in_test_workers()
 
 # %% ../nbs/00_core.ipynb #0e5a72ed
 CAT_BREEDS = ('Abyssinian', 'Bengal', 'Birman', 'Bombay', 'British_Shorthair', 'Egyptian_Mau',
