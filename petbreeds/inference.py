@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from .backbones import is_arch_name, is_timm, timm_body
-from .core import RESNETS, SPECIES, PetbreedsError, library_versions, replace_when_done, species_for
+from .core import PetbreedsError, library_versions, replace_when_done, species_for
 from .input_spec import InputSpec, pixel_problem, upright_rgb
 
 # %% ../nbs/04_inference.ipynb #9d440136

@@ -105,7 +105,7 @@ def pretrained_model(arch:str='resnet34', # A torchvision ResNet or a timm name 
     model = ARCHS[arch](weights=None)
     problem = _fit_report(state, model, weights, arch)
     if problem: raise PetbreedsError(problem, f"pass a state dict saved from torchvision's {arch}")
-    model.load_state_dict({**model.state_dict(), **{k: v for k, v in state.items() if not k.startswith('fc.')}})
+    model.load_state_dict({**model.state_dict(), **{k: v for k, v in state.items() if not k.startswith(classifier_prefix(arch) + '.')}})
     return model
 
 # %% ../nbs/02_learner.ipynb #d02400bf

@@ -1,8 +1,104 @@
-"""The chapter notebook's real-data switch: with PETBREEDS_REAL=1 and no network it stops at once with the
+"""The notebooks as a reader gets them: stored outputs small, clean and never duplicated, and no import left unused;
+and the chapter notebook's real-data switch: with PETBREEDS_REAL=1 and no network it stops at once with the
 clear offline message (the default, synthetic mode is what nbdev_test runs)."""
+import ast
+import base64
+import hashlib
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+NBS = Path(__file__).parents[1]/'nbs'
+NOTEBOOKS = sorted(NBS.glob('*.ipynb'))
+OUTPUT_LIMIT = 1_500_000    # bytes of stored outputs, all notebooks together (issue 16: from 3.3 MB)
+FIGURE_LIMIT = 150_000      # bytes of one stored picture, base64 as stored (.ci/run_notebooks.py stores big photo-like PNGs as JPEG)
+NOISE = {   # what a stored output must not show, and why
+    'FutureWarning': "a library's deprecation warning: silence it where it starts (petbreeds.core)",
+    '.venv/': "a path into someone's virtualenv",
+    'site-packages/': "a path into the installed libraries",
+    'np.int64(': "a numpy scalar's repr: convert it to int",
+    'np.float64(': "a numpy scalar's repr: convert it to float",
+    'Traceback (most recent call last)': "an error stored as output",
+}
+
+def load(nb:Path) -> dict: return json.loads(nb.read_text())
+
+def outputs(nb:Path):
+    "(cell index, output) for every stored output of `nb`"
+    for i, c in enumerate(load(nb)['cells']):
+        for o in c.get('outputs', []): yield i, o
+
+def output_text(o:dict) -> str:
+    "The text a reader sees in output `o` (streams and plain/html/markdown results; not images)"
+    if 'text' in o: return ''.join(o['text'])
+    data = o.get('data', {})
+    return ''.join(''.join(data[k]) if isinstance(data[k], list) else str(data[k]) for k in ('text/plain', 'text/html', 'text/markdown') if k in data)
+
+def test_notebooks_exist():
+    assert len(NOTEBOOKS) >= 10, NOTEBOOKS
+
+def test_stored_outputs_stay_small():
+    sizes = {nb.name: sum(len(json.dumps(o)) for _, o in outputs(nb)) for nb in NOTEBOOKS}
+    total = sum(sizes.values())
+    biggest = sorted(sizes.items(), key=lambda kv: -kv[1])[:5]
+    assert total <= OUTPUT_LIMIT, f"{total:,} bytes of stored outputs, over {OUTPUT_LIMIT:,}; the biggest: {biggest}"
+
+def test_each_figure_is_small_and_stored_once():
+    seen = {}
+    for nb in NOTEBOOKS:
+        for i, o in outputs(nb):
+            data = o.get('data', {})
+            png = data.get('image/png', data.get('image/jpeg'))
+            if png is None: continue
+            png = ''.join(png) if isinstance(png, list) else png
+            assert len(png) <= FIGURE_LIMIT, f"{nb.name} cell {i}: a {len(png):,}-byte figure (limit {FIGURE_LIMIT:,}): smaller figsize or dpi"
+            digest = hashlib.sha256(base64.b64decode(png)).hexdigest()
+            assert digest not in seen, f"{nb.name} cell {i} stores the same picture as {seen[digest]}"
+            seen[digest] = f"{nb.name} cell {i}"
+
+@pytest.mark.parametrize('nb', NOTEBOOKS, ids=lambda p: p.name)
+def test_no_noise_in_stored_outputs(nb):
+    for i, o in outputs(nb):
+        html = o.get('data', {}).get('text/html')
+        if html is not None:
+            html = ''.join(html) if isinstance(html, list) else html
+            assert '<progress' not in html, f"{nb.name} cell {i} stores a progress bar (.ci/run_notebooks.py drops them)"
+            assert re.sub(r'<style>.*?</style>|<[^>]+>|\s', '', html, flags=re.S), f"{nb.name} cell {i} stores an empty HTML display"
+        text = output_text(o)
+        for needle, why in NOISE.items():
+            assert needle not in text, f"{nb.name} cell {i} shows {needle!r}: {why}"
+
+def code_of(nb:Path) -> str:
+    "The notebook's Python, cell after cell, without shell escapes and magics"
+    cells = [''.join(c['source']) for c in load(nb)['cells'] if c['cell_type'] == 'code']
+    lines = [l for src in cells for l in src.splitlines() if not l.lstrip().startswith(('!', '%'))]
+    return '\n'.join(lines)
+
+def imported_names(tree) -> dict:
+    "name: line, for every name an import statement binds (those marked `# noqa: F401` are re-exports)"
+    names = {}
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            for a in node.names:
+                if a.name == '*': continue
+                names[(a.asname or a.name).split('.')[0]] = node.lineno
+    return names
+
+@pytest.mark.parametrize('nb', NOTEBOOKS, ids=lambda p: p.name)
+def test_every_imported_name_is_used(nb):
+    code = code_of(nb)
+    tree = ast.parse(code)
+    lines = code.splitlines()
+    used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    used |= {n.value.id for n in ast.walk(tree) if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)}
+    used |= set(re.findall(r'\b\w+\b', ' '.join(n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str))))  # in __all__, code strings
+    unused = [f"{name} (line {line}: {lines[line - 1].strip()[:60]})" for name, line in imported_names(tree).items()
+              if name not in used and 'noqa' not in lines[line - 1]]
+    assert not unused, f"{nb.name} imports names it never uses: {unused}"
 
 ROOT = Path(__file__).parents[1]
 
