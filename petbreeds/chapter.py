@@ -14,12 +14,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from .core import PetbreedsError   # before fastai: it silences a torch deprecation warning that importing fastai sets off
+from .learner import Stage
+
 from fastai.data.block import DataBlock
 from fastai.vision.augment import Resize, Rotate, Warp, Zoom, setup_aug_tfms
 from fastai.vision.core import PILImage, TensorImage, image2tensor
-
-from .core import PetbreedsError
-from .learner import Stage
 
 # %% ../nbs/08_chapter.ipynb #64709f35
 @dataclass
@@ -66,11 +67,11 @@ def compare_presizing(img, # A PIL image, or a path to one
 
 def _show_presizing(res):
     import matplotlib.pyplot as plt
-    fig, axs = plt.subplots(1, 3, figsize=(10, 3.6))
-    panels = [(res.source, 'presized item'), (res.once, f'all at once: one interpolation\nPSNR {res.psnr_once:.1f} dB'),
-              (res.chained, f'zoom, rotate, warp one at a time\nPSNR {res.psnr_chained:.1f} dB')]
+    fig, axs = plt.subplots(1, 3, figsize=(4.9, 2.1))
+    panels = [(res.source, 'presized item'), (res.once, f'one interpolation\nPSNR {res.psnr_once:.1f} dB'),
+              (res.chained, f'one per step\nPSNR {res.psnr_chained:.1f} dB')]
     for ax, (t, title) in zip(axs, panels):
-        ax.imshow(t.permute(1, 2, 0).numpy()); ax.set_title(title, fontsize=10); ax.axis('off')
+        ax.imshow(t.permute(1, 2, 0).numpy()); ax.set_title(title, fontsize=9); ax.axis('off')
     fig.tight_layout()
     return fig
 
