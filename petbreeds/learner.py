@@ -12,8 +12,10 @@ import csv
 import json
 import math
 import os
+import shutil
 import tempfile
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,7 +129,7 @@ def pets_learner(dls, # DataLoaders, e.g. from `pets_dataloaders`
                  arch:str=DEFAULTS.arch, # A torchvision ResNet (a key of `ARCHS`) or a timm name (see `petbreeds.backbones`)
                  weights:str='imagenet', # 'imagenet', 'none', or a state-dict file
                  precision:str='auto', # 'auto', 'fp32', 'fp16' or 'bf16' (see `get_precision`)
-                 path:str|Path=None, # Where fastai may write `models/` (default: a new temporary folder)
+                 path:str|Path=None, # Where fastai may write `checkpoints/` (default: a temporary folder, removed with the learner)
                  metrics=None, # Default: error_rate and accuracy
                  label_smoothing:float=0., # Above 0: fastai's `LabelSmoothingCrossEntropyFlat` with this epsilon, instead of cross-entropy
                  mixup:float=0., # Above 0: fastai's `MixUp` callback with this alpha
@@ -140,6 +142,7 @@ def pets_learner(dls, # DataLoaders, e.g. from `pets_dataloaders`
     size = _size_of(dls) if is_timm(arch) else None
     source = pretrained_model(arch, weights, size or 224)
     _ensure_normalized(dls, arch)
+    scratch = path is None   # not the user's data folder, which fastai would pick
     path = Path(path) if path is not None else Path(tempfile.mkdtemp(prefix='petbreeds-learner-'))
     extra = arch_kwargs(arch, size) if size else {}   # e.g. a ViT's img_size; fastai passes it on to timm
     if label_smoothing: kwargs.setdefault('loss_func', LabelSmoothingCrossEntropyFlat(eps=label_smoothing))
@@ -154,6 +157,7 @@ def pets_learner(dls, # DataLoaders, e.g. from `pets_dataloaders`
     if resolved == 'fp16': learn.to_fp16()
     elif resolved == 'bf16': learn.to_bf16()
     if dls.device.type == 'cuda': learn.add_cb(ChannelsLast())   # tensor cores prefer NHWC convolutions
+    if scratch: weakref.finalize(learn, shutil.rmtree, path, True)   # gone with the learner, or at exit
     return learn   # fastai's vision_learner keeps `arch` on the learner: `save_model` reads its name from there
 
 # %% ../nbs/02_learner.ipynb #8e4ac48e
@@ -257,9 +261,9 @@ class RunCheckpoints(Callback):
 
     def before_train(self): self.trained = True  # epochs skipped by fastai's start_epoch never get here
 
-    def _save(self, name):
+    def _save(self, name, with_opt=True):
         tmp = f'{name}.tmp'
-        self.learn.save(self.folder/tmp, with_opt=True)
+        self.learn.save(self.folder/tmp, with_opt=with_opt)
         os.replace(self.folder/f'{tmp}.pth', self.folder/f'{name}.pth')
 
     def after_epoch(self):
@@ -269,7 +273,7 @@ class RunCheckpoints(Callback):
         better = value is not None and (self.best is None or (value < self.best['value'] if self.lower else value > self.best['value']))
         self._save('last')
         if better:
-            self._save('best')
+            self._save('best', with_opt=False)   # for using, not resuming: the weights alone, a third of last's size
             self.best = {'value': value, 'stage': self.learn.stage_index, 'epoch': self.epoch}
         write_json(self.folder/'progress.json', {'stage': getattr(self.learn, 'stage_index', 0), 'epoch': self.epoch,
                                                     'stage_epochs': self.n_epoch, 'monitor': self.monitor, 'best': self.best})

@@ -8,7 +8,7 @@ __all__ = ['KINDS', 'WHOLE', 'RECIPES', 'DEFAULTS', 'DEMO', 'option', 'value_pro
 
 # %% ../nbs/00b_options.ipynb #2297a381
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 
 from .core import PRECISIONS, PetbreedsError
 

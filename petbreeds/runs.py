@@ -13,7 +13,6 @@ import csv
 import fcntl
 import hashlib
 import json
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -353,7 +352,7 @@ def evaluate_model(model_file:str|Path, # A model.safetensors from a run
                            presize=spec.item_side, target=target, num_workers=num_workers, device=device,
                            cache=spec.cached, progress=False, items=items, for_training=False)
     dl = dls.valid if same_split else dls.test_dl(list(dls.train_ds.items) + list(dls.valid_ds.items), with_labels=True)
-    learn = pets_learner(dls, meta['arch'], weights='none', precision='fp32', path=tempfile.mkdtemp(prefix='petbreeds-eval-'))
+    learn = pets_learner(dls, meta['arch'], weights='none', precision='fp32')
     load_weights(learn.model, state, meta['arch'])
     ev = evaluate(learn, dl)
     ev_tta = evaluate(learn, dl, tta=True) if tta else None

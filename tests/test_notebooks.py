@@ -110,3 +110,17 @@ def test_real_switch_reaches_the_download_and_says_what_to_do(subprocess_env, tm
     assert res.returncode != 0
     assert "can't reach the Oxford-IIIT Pet archive at https://s3.amazonaws.com/fast-ai-imageclas/oxford-iiit-pet.tgz" in out
     assert '--demo' in out
+
+@pytest.mark.parametrize('nb', NOTEBOOKS, ids=lambda p: p.name)
+def test_scratch_folder_is_removed_at_the_end(nb):
+    "A notebook that writes files makes one scratch folder (any other goes inside it) and removes it in its last cell"
+    cells = [''.join(c['source']) for c in load(nb)['cells'] if c['cell_type'] == 'code']
+    made = [l.strip() for src in cells if '#| export' not in src for l in src.splitlines()
+            if 'mkdtemp(' in l and 'dir=' not in l and not l[:1].isspace()]   # top-level statements: a function's default is its caller's business
+    if not made: return
+    assert len(made) == 1, f"{nb.name} makes {len(made)} scratch folders: make one and put the rest inside it (mkdtemp(dir=...)): {made}"
+    name = re.match(r'(\w+) = Path\(tempfile\.mkdtemp\(', made[0])
+    assert name, f"{nb.name}: expected `NAME = Path(tempfile.mkdtemp(...))`, got {made[0]}"
+    assert re.search(rf"shutil\.rmtree\({name[1]}\b", cells[-1]), f"{nb.name} leaves its scratch folder {name[1]} behind: remove it in the last cell"
+    if any("os.environ['PETBREEDS_HOME'] =" in src for src in cells):   # nbdev_test runs the next notebook in the same process
+        assert "PETBREEDS_HOME" in cells[-1], f"{nb.name} leaves PETBREEDS_HOME naming the folder it removed: unset it in the last cell"
