@@ -175,8 +175,10 @@ def _announce(cfg, out, start, resumed):
     "What the run is about to do, once its options are checked and its folder claimed (process 0 only)"
     if resumed and start == (0, 0): print(f"petbreeds: the run in {out} has no finished epoch: starting it again, with its saved options", file=sys.stderr)
     elif resumed: print(f"petbreeds: resuming the run in {out} after its last checkpoint, with its saved options", file=sys.stderr)
-    elif cfg.demo: print("petbreeds: demo: synthetic pet images and stand-in pretrained weights, small sizes for a CPU; "
-                         "the first run on a machine also builds the stand-ins (about a minute)", file=sys.stderr)
+    elif cfg.demo: print("petbreeds: demo: synthetic pet images, small sizes for a CPU; ImageNet weights if this machine has them "
+                         "or can download them, else stand-ins (the first run on a machine builds them)", file=sys.stderr)
+
+def _say(line:str): print(f"petbreeds: {line}", file=sys.stderr)
 
 def run_train(args) -> int:
     "Train, writing a run folder; print where it is and the final numbers"
@@ -189,7 +191,7 @@ def run_train(args) -> int:
         args.out = args.out or str(new_run_folder(cfg))   # named here, so an interrupted run can say where it is
     if args.nproc is not None and args.nproc > 1 and not me.distributed: return _launch(args, named)
     progress = 'bars' if sys.stdout.isatty() and not args.no_progress else 'lines'
-    try: metrics = train(cfg, out=args.out, resume_run=args.resume, progress=progress, on_start=_announce)
+    try: metrics = train(cfg, out=args.out, resume_run=args.resume, progress=progress, on_start=_announce, say=_say)
     except RunOutOfMemory as e:
         raise PetbreedsError(e.problem, f"use a smaller --bs (e.g. {max(2, e.bs // 2)}) or --precision bf16/fp16, then: petbreeds train --resume --out {e.out}") from None
     if not me.is_main: return 0   # process 0 reports the run

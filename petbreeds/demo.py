@@ -4,7 +4,8 @@
 
 # %% auto #0
 __all__ = ['SHAPES', 'PATTERNS', 'STANDIN_RECIPES', 'STANDIN_COMMIT', 'DEMO_KIT', 'breed_traits', 'draw_pet', 'synthetic_pets',
-           'standin_home', 'standin_file', 'standin_weights', 'standin_info', 'use_standin_weights', 'demo_images']
+           'standin_home', 'standin_file', 'standin_weights', 'standin_info', 'use_standin_weights', 'weights_url',
+           'fetch_weights', 'demo_weights', 'demo_images']
 
 # %% ../nbs/00c_demo.ipynb #b9120202
 import colorsys
@@ -16,7 +17,9 @@ import json
 import math
 import os
 import shutil
+import socket
 import tempfile
+import urllib.parse
 from pathlib import Path
 
 import numpy as np
@@ -257,6 +260,46 @@ def use_standin_weights(*archs:str) -> Path:
     os.environ['HF_HUB_CACHE'] = str(home/'huggingface'/'hub')   # timm's weights: read when loaded (see petbreeds.backbones.hub_settings)
     os.environ['HF_HUB_OFFLINE'] = '1'         # never fetch the real weights into the stand-ins' folder
     return home
+
+# %% ../nbs/00c_demo.ipynb #19e47647
+def _torchvision_url(arch:str) -> str: return torchvision.models.get_model_weights(arch).DEFAULT.url
+
+def weights_url(arch:str) -> str:
+    "Where the demo downloads `arch`'s ImageNet weights from: `$PETBREEDS_WEIGHTS_URL` (a mirror folder) if set, else torchvision's address"
+    name = _torchvision_url(arch).rsplit('/', 1)[-1]
+    mirror = os.environ.get('PETBREEDS_WEIGHTS_URL', '').strip()
+    return urllib.parse.urljoin(mirror.rstrip('/') + '/', name) if mirror else _torchvision_url(arch)
+
+def fetch_weights(url:str, dest:str|Path, hash_prefix:str=None, timeout:float=10.) -> Path:
+    "Download `url` to `dest`, whole or not at all, giving up when the network is silent for `timeout` seconds"
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout)   # torch's downloader opens the URL without a timeout of its own
+    try: torch.hub.download_url_to_file(url, str(dest), hash_prefix=hash_prefix, progress=False)   # a temporary file, renamed when checked
+    finally: socket.setdefaulttimeout(previous)
+    return Path(dest)
+
+def _is_standin(f:Path) -> bool: return f.with_name(f.name + '.standin.json').exists()
+
+def demo_weights(arch:str, timeout:float=10.) -> dict:
+    "Make the best ImageNet weights this machine can have for `arch` the ones torchvision loads: real (cached or downloaded), else stand-ins"
+    hub, why = Path(torch.hub.get_dir()).resolve(), None
+    if is_timm(arch): why = "timm's weights come through the Hugging Face hub; the demo uses stand-ins for them"
+    elif hub == standin_home()/'hub': why = "torch is pointed at the stand-ins"
+    else:
+        f = hub/'checkpoints'/_torchvision_url(arch).rsplit('/', 1)[-1]
+        if f.is_file() and not _is_standin(f):
+            return {'weights': 'imagenet', 'file': str(f), 'note': f"torchvision's ImageNet weights for {arch}, from your torch cache ({f})"}
+        url = weights_url(arch)
+        official = url == _torchvision_url(arch)
+        try:
+            f.parent.mkdir(parents=True, exist_ok=True)
+            fetch_weights(url, f, torch.hub.HASH_REGEX.search(f.name).group(1) if official else None, timeout)
+            return {'weights': 'imagenet', 'file': str(f), 'note': f"torchvision's ImageNet weights for {arch}, downloaded from {url} into {f}"}
+        except Exception as e:   # offline, refused, a bad checksum, a full disk: the stand-ins still work
+            why = f"can't download {url}: {' '.join(str(e).split())[:120] or type(e).__name__}"
+    use_standin_weights(arch)
+    f = standin_file(arch)
+    return {'weights': 'stand-in', 'file': str(f), 'note': f"stand-in weights for {arch}, trained on synthetic drawings ({why})"}
 
 # %% ../nbs/00c_demo.ipynb #0e94d4df
 DEMO_KIT = dict(per_class=20, size=96, seed=0)  # the synthetic images: 37 x 20 = 740

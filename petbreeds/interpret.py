@@ -267,6 +267,8 @@ def write_report(folder:str|Path, learn=None, tta:bool=False) -> Path:
     parts = [f"<h1>petbreeds run: {html.escape(folder.name)}</h1>"]
     if config.get('stand_in_weights'):
         parts.append("<p class='note'>Demo run: synthetic images and stand-in pretrained weights. The numbers show the code works, not how well it classifies real pets.</p>")
+    elif options.get('demo'):
+        parts.append("<p class='note'>Demo run: synthetic images, from ImageNet weights. The numbers show the code works, not how well it classifies real pets.</p>")
     parts.append("<div class='cards'>" + ''.join(f"<div><div class='note'>{k}</div><div class='big'>{_fmt(v) if v is not None else '-'}</div></div>" for k, v in cards) + "</div>")
     if 'tta' in evaluation: parts.append(f"<p>With test-time augmentation: error rate {_fmt(evaluation['tta']['error_rate'])}, accuracy {_fmt(evaluation['tta']['accuracy'])}.</p>")
     parts.append('<h2>Options</h2>' + _table([{'option': k, 'value': v} for k, v in options.items()] +

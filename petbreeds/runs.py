@@ -92,15 +92,14 @@ def load_config(folder:str|Path) -> TrainConfig:
     saved = json.loads(f.read_text())['options']
     return TrainConfig(**{k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__})
 
-def _images(cfg:TrainConfig) -> Path:
-    "The folder to train on, with the demo's stand-in weights in place if the demo asks for ImageNet's"
+def _images(cfg:TrainConfig) -> tuple:
+    "The folder to train on, and for a demo that asks for ImageNet's weights, which it gets (see `petbreeds.demo.demo_weights`)"
     if cfg.demo:
-        from petbreeds.demo import demo_images, use_standin_weights
-        if cfg.weights == 'imagenet': use_standin_weights(cfg.arch)
-        return demo_images()
-    if cfg.images: return Path(cfg.images)
+        from petbreeds.demo import demo_images, demo_weights
+        return demo_images(), demo_weights(cfg.arch) if cfg.weights == 'imagenet' else None
+    if cfg.images: return Path(cfg.images), None
     from petbreeds.data import get_pets
-    return get_pets()
+    return get_pets(), None
 
 def _join(cfg:TrainConfig) -> RankInfo:
     "This process's place in the run, after joining the process group when torchrun or accelerate started several"
@@ -145,7 +144,8 @@ def claim_run_folder(out:Path, resume_run:bool=False):
     return lock
 
 def prepare(cfg:TrainConfig=None, out:str|Path=None, resume_run:bool=False, progress:bool=True, suffix:str=None,
-            on_start=None # Called as `on_start(cfg, out, start, resume_run)` once the options are checked and the folder claimed
+            on_start=None, # Called as `on_start(cfg, out, start, resume_run)` once the options are checked and the folder claimed
+            say=None # Called with a line a user should read as the run starts: which weights a demo got
            ) -> Run:
     "Check `cfg`, claim the run folder `out` (or continue it), and build the DataLoaders and learner"
     from petbreeds.data import pets_dataloaders
@@ -170,12 +170,14 @@ def prepare(cfg:TrainConfig=None, out:str|Path=None, resume_run:bool=False, prog
             return pets_dataloaders(images, bs=cfg.bs, valid_pct=cfg.valid_pct, seed=cfg.seed, size=size, presize=cfg.presize, min_scale=cfg.min_scale,
                                     target=cfg.target, num_workers=cfg.num_workers, device=device, progress=progress and me.is_main)
     with _first_on_each_machine(me):
-        images = _images(cfg)   # first: building the demo's stand-ins (once per machine) uses the random generators
+        images, weights = _images(cfg)   # first: building the demo's stand-ins (once per machine) uses the random generators
+    if me.is_main and say is not None and weights is not None: say(weights['note'])
     seed_everything(cfg.seed)
     dls = dls_at(stages[min(start[0], len(stages) - 1)].size or cfg.size)   # the size the run starts (or resumes) at
     learn = pets_learner(dls, cfg.arch, cfg.weights, precision, path=out, label_smoothing=cfg.label_smoothing, mixup=cfg.mixup, cutmix=cfg.cutmix)
     info = {'images': str(Path(images).resolve()), 'device': str(device), 'precision': precision, 'train_images': len(dls.train_ds),
-            'valid_images': len(dls.valid_ds), 'stand_in_weights': cfg.demo and cfg.weights == 'imagenet',
+            'valid_images': len(dls.valid_ds), 'stand_in_weights': weights is not None and weights['weights'] == 'stand-in',
+            'demo_weights': None if weights is None else weights['note'],
             'processes': me.world_size, 'global_bs': cfg.bs * me.world_size, 'versions': library_versions()}
     return Run(cfg, out, learn, stages, start, info, me, lock, dls_at)
 
@@ -287,6 +289,7 @@ def train(cfg:TrainConfig=None, # The options; None: all defaults
           report:bool=True, # Write report.html at the end
           cbs:list=None, # More fastai callbacks for the fit
           on_start=None, # Called as `on_start(cfg, out, start, resume_run)` when the run is checked and its folder claimed (see `prepare`)
+          say=None, # Called with a line a user should read as the run starts (see `prepare`)
           **options # Options for a `TrainConfig` when `cfg` is None, e.g. `demo=True`
          ) -> dict:
     "Train a pet classifier and record the run in `out`; return its final metrics"
@@ -294,7 +297,7 @@ def train(cfg:TrainConfig=None, # The options; None: all defaults
     if options:
         if cfg is not None: raise PetbreedsError(f"train got both a TrainConfig and options ({', '.join(options)})", "pass one or the other")
         cfg = TrainConfig(**options)
-    run = prepare(cfg, out, resume_run, progress=progress == 'bars', on_start=on_start)
+    run = prepare(cfg, out, resume_run, progress=progress == 'bars', on_start=on_start, say=say)
     if run.me.is_main and not resume_run: write_json(run.out/'config.json', {'options': asdict(run.cfg), **run.info})
     ev = fit(run, progress, cbs)
     if not run.me.is_main: return {'run_folder': str(run.out), 'process': run.me.rank}   # process 0 records the run

@@ -14,9 +14,9 @@ DEMO_FILES = {'config.json', 'model.safetensors', 'metrics.json', 'history.csv',
 
 @pytest.fixture(scope='module')
 def demo_run(tmp_path_factory, subprocess_env):
-    "One `petbreeds train --demo`, as the README tells a new user to run it"
+    "One `petbreeds train --demo`, as the README tells a new user to run it: an empty torch cache, no internet"
     cwd = tmp_path_factory.mktemp('user')
-    res = petbreeds_cmd('train', '--demo', env=subprocess_env, cwd=cwd)
+    res = petbreeds_cmd('train', '--demo', env={**subprocess_env, 'TORCH_HOME': str(cwd/'torch')}, cwd=cwd)
     assert res.returncode == 0, res.stderr
     return cwd, res
 
@@ -37,7 +37,32 @@ def test_demo_trains_and_writes_a_run_folder(demo_run):
     assert f"run folder: runs/{run.name}" in res.stdout
     assert 'error_rate' in res.stdout and 'report.html' in res.stdout
     assert res.stdout.count('epoch ') == 3, "one line per epoch when stdout is not a terminal"
-    assert 'stand-in' in res.stderr and 'Traceback' not in res.stderr
+    assert 'Traceback' not in res.stderr
+    # no ImageNet weights in the cache and no network: it says so and falls back to the stand-ins
+    assert "stand-in weights for resnet18, trained on synthetic drawings (can't download https://download.pytorch.org/models/resnet18-f37072fd.pth" in res.stderr
+    config = json.loads((run/'config.json').read_text())
+    assert config['stand_in_weights'] is True and config['demo_weights'].startswith('stand-in weights for resnet18')
+
+def test_demo_downloads_imagenet_weights_when_it_can(subprocess_env, tmp_path):
+    "Where the real weights can be had, the demo downloads them into the torch cache and trains from them (a mirror on loopback here)"
+    import shutil
+    from petbreeds.demo import standin_file
+    from petbreeds.testing import serve_folder
+    name = 'resnet18-f37072fd.pth'   # torchvision's file name for resnet18's ImageNet weights
+    (tmp_path/'mirror').mkdir()
+    shutil.copy(standin_file('resnet18'), tmp_path/'mirror'/name)   # stand-in bytes play the real file
+    with serve_folder(tmp_path/'mirror') as server:
+        env = {**subprocess_env, 'TORCH_HOME': str(tmp_path/'torch'), 'PETBREEDS_WEIGHTS_URL': server.url}
+        res = petbreeds_cmd('train', '--demo', '--epochs', '0', '--out', tmp_path/'run', env=env, cwd=tmp_path)
+        assert res.returncode == 0, res.stderr
+        assert server.requests == ['/' + name]
+    cached = tmp_path/'torch'/'hub'/'checkpoints'/name
+    assert cached.read_bytes() == (tmp_path/'mirror'/name).read_bytes()
+    assert f"torchvision's ImageNet weights for resnet18, downloaded from {server.url}{name} into {cached}" in res.stderr
+    config = json.loads((tmp_path/'run'/'config.json').read_text())
+    assert config['stand_in_weights'] is False and 'downloaded from' in config['demo_weights']
+    page = (tmp_path/'run'/'report.html').read_text()
+    assert 'Demo run: synthetic images, from ImageNet weights' in page and 'stand-in' not in page
 
 def test_evaluate_json_is_one_document_and_matches_training(demo_run, subprocess_env):
     cwd, _ = demo_run
