@@ -216,8 +216,9 @@ def test_out_naming_a_file_is_one_line(subprocess_env, tmp_path):
 def test_a_diverging_run_stops_with_one_line_and_no_model(subprocess_env, tmp_path):
     res = petbreeds_cmd('train', '--demo', '--lr', '1e6', '--epochs', 1, '--out', tmp_path/'run', env=subprocess_env, cwd=tmp_path)
     assert res.returncode == 2 and 'Traceback' not in res.stderr, res.stderr
-    notice, error = res.stderr.strip().splitlines()   # the demo's notice as it started, then the one error line
-    assert notice.startswith('petbreeds: demo: ') and error.startswith('petbreeds: error: the training loss became NaN or infinite at a learning rate of 1e+06')
+    demo, weights, error = res.stderr.strip().splitlines()   # the demo's two notices as it started, then the one error line
+    assert demo.startswith('petbreeds: demo: ') and weights.startswith('petbreeds: stand-in weights for resnet18')
+    assert error.startswith('petbreeds: error: the training loss became NaN or infinite at a learning rate of 1e+06')
     assert 'e.g. 100000' in error
     assert not (tmp_path/'run'/'model.safetensors').exists() and not (tmp_path/'run'/'metrics.json').exists()
 
