@@ -27,7 +27,7 @@ import torch
 import torchvision
 from PIL import Image, ImageDraw, ImageFilter
 
-from .backbones import TIMM_PICKS, is_timm, weights_location, weights_repo
+from .backbones import TIMM_PICKS, cached_weights, is_timm, weights_location, weights_repo
 from .core import BREEDS, CAT_BREEDS, PetbreedsError, data_home, replace_when_done
 from .input_spec import IMAGENET_STATS
 
@@ -171,8 +171,10 @@ def standin_file(arch:str) -> Path:
     if arch not in STANDIN_RECIPES: raise PetbreedsError(f"no stand-in weights for '{arch}'", f"use one of {', '.join(STANDIN_RECIPES)}")
     if is_timm(arch):
         return standin_home()/'huggingface'/'hub'/f"models--{weights_repo(arch).replace('/', '--')}"/'snapshots'/STANDIN_COMMIT/'model.safetensors'
-    url = torchvision.models.get_model_weights(arch).DEFAULT.url
-    return standin_home()/'hub'/'checkpoints'/url.rsplit('/', 1)[-1]
+    return standin_home()/'hub'/'checkpoints'/_torchvision_name(arch)
+
+def _torchvision_name(arch:str) -> str: return weights_location(arch).rsplit('/', 1)[-1]   # e.g. resnet34-b627a593.pth
+def _marker(f:Path) -> Path: return f.with_name(f.name + '.standin.json')   # beside every stand-in: what it is, how it was made
 
 # %% ../nbs/00c_demo.ipynb #92df6463
 def _shape_pattern_task(n_per_class, size, rng):
@@ -221,7 +223,7 @@ def _pretrain(arch, per_class, epochs, size=64, bs=64, lr=3e-3, seed=0):
 def standin_weights(arch:str='resnet18') -> Path:
     "Build (once per machine) and return the stand-in checkpoint for `arch`"
     dest = standin_file(arch)
-    marker = dest.with_name(dest.name + '.standin.json')
+    marker = _marker(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     with open(dest.parent/'.build.lock', 'w') as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -249,7 +251,7 @@ def standin_weights(arch:str='resnet18') -> Path:
 def standin_info(arch:str='resnet18') -> dict:
     "What the stand-in for `arch` is and how well it did on its own task (builds it if needed)"
     path = standin_weights(arch)
-    return json.loads(path.with_name(path.name + '.standin.json').read_text())
+    return json.loads(_marker(path).read_text())
 
 def use_standin_weights(*archs:str) -> Path:
     "Build stand-ins for `archs` (default resnet18) and point this process's torch hub and Hugging Face cache at them, offline"
@@ -262,13 +264,10 @@ def use_standin_weights(*archs:str) -> Path:
     return home
 
 # %% ../nbs/00c_demo.ipynb #19e47647
-def _torchvision_url(arch:str) -> str: return torchvision.models.get_model_weights(arch).DEFAULT.url
-
 def weights_url(arch:str) -> str:
     "Where the demo downloads `arch`'s ImageNet weights from: `$PETBREEDS_WEIGHTS_URL` (a mirror folder) if set, else torchvision's address"
-    name = _torchvision_url(arch).rsplit('/', 1)[-1]
     mirror = os.environ.get('PETBREEDS_WEIGHTS_URL', '').strip()
-    return urllib.parse.urljoin(mirror.rstrip('/') + '/', name) if mirror else _torchvision_url(arch)
+    return urllib.parse.urljoin(mirror.rstrip('/') + '/', _torchvision_name(arch)) if mirror else weights_location(arch)
 
 def fetch_weights(url:str, dest:str|Path, hash_prefix:str=None, timeout:float=10.) -> Path:
     "Download `url` to `dest`, whole or not at all, giving up when the network is silent for `timeout` seconds"
@@ -278,19 +277,17 @@ def fetch_weights(url:str, dest:str|Path, hash_prefix:str=None, timeout:float=10
     finally: socket.setdefaulttimeout(previous)
     return Path(dest)
 
-def _is_standin(f:Path) -> bool: return f.with_name(f.name + '.standin.json').exists()
-
 def demo_weights(arch:str, timeout:float=10.) -> dict:
     "Make the best ImageNet weights this machine can have for `arch` the ones torchvision loads: real (cached or downloaded), else stand-ins"
     hub, why = Path(torch.hub.get_dir()).resolve(), None
     if is_timm(arch): why = "timm's weights come through the Hugging Face hub; the demo uses stand-ins for them"
     elif hub == standin_home()/'hub': why = "torch is pointed at the stand-ins"
     else:
-        f = hub/'checkpoints'/_torchvision_url(arch).rsplit('/', 1)[-1]
-        if f.is_file() and not _is_standin(f):
-            return {'weights': 'imagenet', 'file': str(f), 'note': f"torchvision's ImageNet weights for {arch}, from your torch cache ({f})"}
-        url = weights_url(arch)
-        official = url == _torchvision_url(arch)
+        cached = cached_weights(arch)
+        if cached is not None and not _marker(cached).exists():
+            return {'weights': 'imagenet', 'file': str(cached), 'note': f"torchvision's ImageNet weights for {arch}, from your torch cache ({cached})"}
+        f, url = hub/'checkpoints'/_torchvision_name(arch), weights_url(arch)
+        official = url == weights_location(arch)
         try:
             f.parent.mkdir(parents=True, exist_ok=True)
             fetch_weights(url, f, torch.hub.HASH_REGEX.search(f.name).group(1) if official else None, timeout)
