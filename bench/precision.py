@@ -5,8 +5,8 @@ Two measurements, both precisions side by side in one run, alternating:
   and 224 px like the book), milliseconds per step, median of the steps;
 - the demo's training: `fine_tune(1)` (one frozen epoch, one unfrozen) of resnet18 on the synthetic kit from the
   stand-in weights, seconds per epoch and the final validation accuracy.
-fastai's `MixedPrecision` autocasts on CUDA only, so bf16 here is `torch.autocast('cpu', torch.bfloat16)` around
-the forward pass and the loss, as a three-line callback.
+The demo's bf16 is the learner's own (`pets_learner(precision='bf16')`, which adds `CPUMixedPrecision`: fastai's
+`MixedPrecision` autocasts on CUDA only). These figures decided that `precision='auto'` is bf16 on such CPUs.
 
     python bench/precision.py            # about 5 minutes on 2 cores with native bf16; 2 without
 """
@@ -24,16 +24,6 @@ from _common import load, machine
 def cpu_flags() -> str:
     flags = next((l.split(':', 1)[1].split() for l in open('/proc/cpuinfo') if l.startswith('flags')), [])
     return ', '.join(f for f in ('avx512_bf16', 'amx_bf16', 'avx512_vnni') if f in flags) or 'no native bf16'
-
-def autocast_bf16():
-    import torch
-    from fastai.callback.core import Callback
-    class CPUAutocast(Callback):
-        order = 10
-        def before_batch(self): self.ctx = torch.autocast('cpu', dtype=torch.bfloat16); self.ctx.__enter__()
-        def after_pred(self): self.learn.pred = self.pred.float()
-        def after_loss(self): self.ctx.__exit__(None, None, None)
-    return CPUAutocast()
 
 def model_step_ms(arch, size, bs, bf16, steps=6):
     import torch, torchvision
@@ -56,8 +46,7 @@ def demo_fit(bf16):
     from petbreeds.learner import pets_learner
     seed_everything(42)
     dls = pets_dataloaders(demo_images(), bs=32, size=64, presize=96, device='cpu', progress=False)
-    learn = pets_learner(dls, 'resnet18', path=tempfile.mkdtemp())
-    if bf16: learn.add_cb(autocast_bf16())
+    learn = pets_learner(dls, 'resnet18', precision='bf16' if bf16 else 'fp32', path=tempfile.mkdtemp())
     times = []
     start = time.perf_counter()
     with learn.no_bar(), learn.no_logging():
@@ -73,7 +62,8 @@ def main():
     use_standin_weights('resnet18')
     print(f"machine: {machine()}; {cpu_flags()}")
     print(f"before: {load()}")
-    native = cpu_flags() != 'no native bf16'
+    from petbreeds.core import cpu_has_native_bf16
+    native = cpu_has_native_bf16()
     print("model only, ms per training step (forward, backward, step), median of 6:")
     for arch, size, bs in (('resnet18', 64, 32), ('resnet34', 224, 16))[:None if native else 1]:
         fp32, bf16 = [], []

@@ -50,7 +50,7 @@ def cpu_bench(args, images):
     for k, v in times.items(): print(f"resnet18 @{args.size}, one epoch of {n} images, {k:10s} seconds {summary(v)}")
     fraction = statistics.median(a / b for a, b in zip(train_ips, model_ips))
     print(f"CPU: petbreeds' training images/s {summary(train_ips)}; model-only images/s {summary(model_ips)}; "
-          f"fraction of model-only {fraction:.2f} (same model, batch, size, fp32, one round each, alternating)")
+          f"fraction of model-only {fraction:.2f} (same model, batch, size, {our_learn.precision}, one round each, alternating)")
     return statistics.median(times['book']) / statistics.median(times['petbreeds'])
 
 def TrainingTime():
@@ -63,13 +63,15 @@ def TrainingTime():
     return TrainingTime()
 
 def model_only_cpu(learn, bs, size, steps=8):
-    "Training images/s of `learn`'s model on one batch already in memory: forward, backward, an Adam step"
+    "Training images/s of `learn`'s model on one batch already in memory: forward, backward, an Adam step, in the learner's precision"
     import torch
     model = learn.model.train()
     opt = torch.optim.Adam(model.parameters(), 1e-5)
     x, y = torch.randn(bs, 3, size, size), torch.randint(0, 37, (bs,))
+    bf16 = getattr(learn, 'precision', 'fp32') == 'bf16'
     def step():
-        loss = torch.nn.functional.cross_entropy(model(x), y); opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf16): out = model(x)
+        loss = torch.nn.functional.cross_entropy(out.float(), y); opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
     step()   # warm-up
     start = time.perf_counter()
     for _ in range(steps): step()

@@ -28,7 +28,7 @@ import torchvision
 from PIL import Image, ImageDraw, ImageFilter
 
 from .backbones import TIMM_PICKS, cached_weights, is_timm, weights_location, weights_repo
-from .core import BREEDS, CAT_BREEDS, PetbreedsError, data_home, replace_when_done
+from .core import BREEDS, CAT_BREEDS, PetbreedsError, cpu_has_native_bf16, data_home, replace_when_done
 from .input_spec import IMAGENET_STATS
 
 # %% ../nbs/00c_demo.ipynb #c49b5df1
@@ -203,8 +203,10 @@ def _pretrain(arch, per_class, epochs, size=64, bs=64, lr=3e-3, seed=0):
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = _fresh(arch)
-    if not epochs: return model.state_dict(), None
+    if not epochs: return model.state_dict(), None, None
     x, y = _shape_pattern_task(per_class, size, rng)
+    x, model = x.contiguous(memory_format=torch.channels_last), model.to(memory_format=torch.channels_last)
+    precision = 'bf16' if cpu_has_native_bf16() else 'fp32'   # what a run on this CPU trains in (see core)
     steps = epochs * math.ceil(len(x) / bs)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps)
@@ -212,12 +214,13 @@ def _pretrain(arch, per_class, epochs, size=64, bs=64, lr=3e-3, seed=0):
     for _ in range(epochs):
         for idx in torch.randperm(len(x)).split(bs):
             xb = x[idx].flip(3) if torch.rand(()) < 0.5 else x[idx]
-            loss = torch.nn.functional.cross_entropy(model(xb), y[idx])
+            with torch.autocast('cpu', dtype=torch.bfloat16, enabled=precision == 'bf16'): out = model(xb)
+            loss = torch.nn.functional.cross_entropy(out.float(), y[idx])
             opt.zero_grad(); loss.backward(); opt.step(); sched.step()
     model.eval()
     xv, yv = _shape_pattern_task(4, size, rng)
     with torch.no_grad(): accuracy = (model(xv).argmax(1) == yv).float().mean().item()
-    return model.state_dict(), accuracy
+    return {k: v.contiguous() for k, v in model.state_dict().items()}, accuracy, precision
 
 # %% ../nbs/00c_demo.ipynb #0328d733
 def standin_weights(arch:str='resnet18') -> Path:
@@ -234,7 +237,7 @@ def standin_weights(arch:str='resnet18') -> Path:
         elif dest.exists():
             raise PetbreedsError(f"'{dest}' exists but was not made by petbreeds",
                                  "point PETBREEDS_STANDIN_HOME at a folder of its own, never at your real torch cache")
-        state, accuracy = _pretrain(arch, **recipe)
+        state, accuracy, precision = _pretrain(arch, **recipe)
         if is_timm(arch):
             from safetensors.torch import save_file
             with replace_when_done(dest) as tmp: save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
@@ -245,7 +248,7 @@ def standin_weights(arch:str='resnet18') -> Path:
         marker.write_text(json.dumps({'arch': arch, 'stands_in_for': weights_location(arch),
                                       'task': '42 shape-and-pattern classes of petbreeds.demo drawings, random colour' if accuracy is not None
                                               else 'none: untrained, the random weights timm builds',
-                                      'heldout_accuracy': None if accuracy is None else round(accuracy, 4), **recipe}, indent=1))
+                                      'heldout_accuracy': None if accuracy is None else round(accuracy, 4), 'precision': precision, **recipe}, indent=1))
     return dest
 
 def standin_info(arch:str='resnet18') -> dict:
