@@ -47,7 +47,8 @@ def cpu_bench(args, images):
         train_ips.append(len(ours.train) * args.bs / timer.seconds)
         model_ips.append(model_only_cpu(our_learn, args.bs, args.size))
     n = len(ours.train_ds) + len(ours.valid_ds)
-    for k, v in times.items(): print(f"resnet18 @{args.size}, one epoch of {n} images, {k:10s} seconds {summary(v)}")
+    precisions = {'book': 'fp32', 'petbreeds': our_learn.precision}   # the book's learner has no mixed precision on a CPU
+    for k, v in times.items(): print(f"resnet18 @{args.size}, one epoch of {n} images, {k:10s} ({precisions[k]}) seconds {summary(v)}")
     fraction = statistics.median(a / b for a, b in zip(train_ips, model_ips))
     print(f"CPU: petbreeds' training images/s {summary(train_ips)}; model-only images/s {summary(model_ips)}; "
           f"fraction of model-only {fraction:.2f} (same model, batch, size, {our_learn.precision}, one round each, alternating)")
