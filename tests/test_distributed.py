@@ -43,6 +43,11 @@ def worker(mode:str, out:Path, images:Path, timeout:float):
             if self.iter == 1 and me.rank == 1 and mode == 'hang': time.sleep(300)
         def after_validate(self): self.counted = getattr(self.learn.recorder.loss, 'count', None)
 
+    import atexit
+    import torch.distributed as dist
+    def at_exit():   # registered before joining, so it runs after what init_distributed registers (last in, first out)
+        (out/f'rank{os.environ["RANK"]}.exit').write_text('left' if not dist.is_initialized() else 'still in the process group')
+    atexit.register(at_exit)
     try:
         me = init_distributed('cpu', timeout=timeout)
         seed_everything(0)
@@ -103,6 +108,11 @@ def test_two_processes_train_one_model(two_processes):
     assert (r0['built'], r1['built']) == (True, False), "the presize cache is built by process 0 alone, then found"
     # 49 training images: 3 global batches of 2 x 8, the 1 + 1 left over dropped as an incomplete batch
     assert r0['trained'] == r1['trained'] == 24 and r0['n_train'] == 49
+
+def test_each_process_leaves_the_process_group_before_it_exits(two_processes):
+    "Without destroy_process_group, gloo's threads die with the interpreter: now and then a SIGABRT after a finished run"
+    out, _ = two_processes
+    assert [(out/f'rank{r}.exit').read_text() for r in (0, 1)] == ['left', 'left']
 
 def test_validation_counts_each_image_once(two_processes, images, monkeypatch):
     out, (r0, r1) = two_processes
