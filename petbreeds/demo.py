@@ -28,7 +28,7 @@ import torchvision
 from PIL import Image, ImageDraw, ImageFilter
 
 from .backbones import TIMM_PICKS, cached_weights, is_timm, weights_location, weights_repo
-from .core import BREEDS, CAT_BREEDS, PetbreedsError, cpu_has_native_bf16, data_home, replace_when_done
+from .core import BREEDS, CAT_BREEDS, PetbreedsError, data_home, get_precision, replace_when_done
 from .input_spec import IMAGENET_STATS
 
 # %% ../nbs/00c_demo.ipynb #c49b5df1
@@ -206,7 +206,7 @@ def _pretrain(arch, per_class, epochs, size=64, bs=64, lr=3e-3, seed=0):
     if not epochs: return model.state_dict(), None, None
     x, y = _shape_pattern_task(per_class, size, rng)
     x, model = x.contiguous(memory_format=torch.channels_last), model.to(memory_format=torch.channels_last)
-    precision = 'bf16' if cpu_has_native_bf16() else 'fp32'   # what a run on this CPU trains in (see core)
+    precision = get_precision('auto', 'cpu')   # what a run on this CPU trains in: bf16 where native (see core)
     steps = epochs * math.ceil(len(x) / bs)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps)
@@ -240,7 +240,7 @@ def standin_weights(arch:str='resnet18') -> Path:
         state, accuracy, precision = _pretrain(arch, **recipe)
         if is_timm(arch):
             from safetensors.torch import save_file
-            with replace_when_done(dest) as tmp: save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
+            with replace_when_done(dest) as tmp: save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))   # safetensors stores contiguous tensors only
             refs = dest.parents[2]/'refs'
             refs.mkdir(exist_ok=True); (refs/'main').write_text(STANDIN_COMMIT)   # what the hub reads to find the snapshot
         else:
