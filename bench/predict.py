@@ -3,7 +3,8 @@
 cold start: a fresh `python` process that imports the predictor, loads the model file and predicts one image
 (process start to first prediction), repeated. latency: one image at a time (open, prepare, run), in a warm
 process of its own per backend (torch's and ONNX Runtime's thread pools keep spinning after a call, so sharing
-a process slows both), p50 and p95 over many calls. throughput: images per second in batches of 32 (prepared
+a process slows both), p50 and p95 over many calls, and its two parts apart: opening and preparing the
+image, and the model alone on a prepared one. throughput: images per second in batches of 32 (prepared
 once: the model alone). The int8 model is `petbreeds.inference.export_int8`'s, calibrated on half the bench
 images; its top-1 agreement with the float model is printed (the head is untrained here, so agreement is a
 harder test than on a trained model). All backends in one run, rounds alternating, same images.
@@ -51,10 +52,14 @@ from petbreeds.inference import Predictor
 model, backend, n, files = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
 p = Predictor.from_file(model, backend=backend)
 for f in files[:5]: p.predict([f])   # warm-up
-out = []
+out, model, prep = [], [], []
 for i in range(n):
     t = time.perf_counter(); p.predict([files[i % len(files)]]); out.append((time.perf_counter() - t) * 1000)
-print(json.dumps(out))
+x = p.prepare(files[0])[None]
+for i in range(n):   # the same call's two parts apart: opening and preparing the image, and the model alone
+    t = time.perf_counter(); p.prepare(files[i % len(files)]); prep.append((time.perf_counter() - t) * 1000)
+    t = time.perf_counter(); p._run(x); model.append((time.perf_counter() - t) * 1000)
+print(json.dumps([out, prep, model]))
 """
 
 THROUGHPUT = """
@@ -78,7 +83,7 @@ def throughputs(model, backend, files, n):
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 def latencies(model, backend, files, n):
-    "Milliseconds per single-image predict, in a fresh process for `backend`"
+    "Milliseconds per single-image predict, then per opening-and-preparing and per model call, in a fresh process for `backend`"
     import json
     res = subprocess.run([sys.executable, '-c', LATENCY, str(model), backend, str(n), *map(str, files)], check=True, capture_output=True, text=True)
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -113,18 +118,22 @@ def main():
     for _ in range(args.starts):
         for b, (m, engine) in paths.items(): starts[b].append(cold_start(m, files[0], engine))
     lat, thr = {b: [] for b in paths}, {b: [] for b in paths}
+    prep, alone = {b: [] for b in paths}, {b: [] for b in paths}
     rounds = 3
     for _ in range(rounds):
         for b, (m, engine) in paths.items():
-            lat[b] += latencies(m, engine, files, args.calls // rounds)
+            whole, opening, model_alone = latencies(m, engine, files, args.calls // rounds)
+            lat[b] += whole; prep[b] += opening; alone[b] += model_alone
             thr[b] += throughputs(m, engine, files, max(2, args.calls // 30))
     for b in paths:
         s = sorted(starts[b])
         print(f"{b:5s} cold start s: median {statistics.median(s):.2f} (min {s[0]:.2f}, max {s[-1]:.2f}, n={len(s)}); "
               f"latency ms per image: p50 {percentile(lat[b], 50):.1f}, p95 {percentile(lat[b], 95):.1f} (n={len(lat[b])}); "
               f"batch 32: {statistics.median(thr[b]):.1f} images/s (n={len(thr[b])})")
+        print(f"{'':5s} of which p50: opening and preparing the image {percentile(prep[b], 50):.1f} ms, the model alone {percentile(alone[b], 50):.1f} ms")
     print(f"after: {load()}")
     print(f"ratio={percentile(lat['torch'], 50) / percentile(lat['onnx'], 50):.2f} (torch / onnx, p50 latency)")
-    print(f"int8_ratio={percentile(lat['onnx'], 50) / percentile(lat['int8'], 50):.2f} (fp32 onnx / int8 onnx, p50 latency)")
+    print(f"int8_ratio={percentile(lat['onnx'], 50) / percentile(lat['int8'], 50):.2f} (fp32 onnx / int8 onnx, p50 latency; "
+          f"the model alone {percentile(alone['onnx'], 50) / percentile(alone['int8'], 50):.2f})")
 
 if __name__ == '__main__': main()
