@@ -34,18 +34,14 @@ def grad_cam(model, # From `petbreeds.inference.build_model`
     import torch
     layer, grid, prefix = cam_target(model)
     seen = {}
-    def keep(module, inputs, output):
-        seen['act'] = output
-        output.register_hook(lambda grad: seen.__setitem__('grad', grad))
-    handle = layer.register_forward_hook(keep)
+    handle = layer.register_forward_hook(lambda module, inputs, output: seen.__setitem__('act', output))
     try:
         with torch.enable_grad():
             logits = model(torch.from_numpy(np.ascontiguousarray(x, np.float32))[None])
             c = int(logits[0].argmax()) if target is None else int(target)
-            model.zero_grad(set_to_none=True)
-            logits[0, c].backward()
+            grad, = torch.autograd.grad(logits[0, c], seen['act'])   # back to the layer only: no weight gradients
     finally: handle.remove()
-    act, grad = seen['act'].detach()[0].float(), seen['grad'][0].float()
+    act, grad = seen['act'].detach()[0].float(), grad[0].float()
     if grid is not None: act, grad = (t[prefix:].T.reshape(-1, *grid) for t in (act, grad))   # tokens back on their grid
     cam = torch.relu((grad.mean(dim=(1, 2))[:, None, None] * act).sum(0))
     peak = float(cam.max())
