@@ -42,10 +42,11 @@ class Evaluation:
 
 def evaluate(learn, dl=None, # A DataLoader with labels; default: the validation set
              tta:bool=False, seed:int=42) -> Evaluation:
-    "Predict `dl` with `learn` (optionally with fastai's TTA) and keep what interpretation needs"
+    "Predict `dl` with `learn` (optionally with fastai's TTA) in fp32, as the model is shipped, and keep what interpretation needs"
+    from fastai.callback.fp16 import MixedPrecision
     from petbreeds.core import seed_everything
     dl = dl if dl is not None else learn.dls.valid
-    with learn.no_bar():
+    with learn.no_bar(), learn.removed_cbs([cb for cb in learn.cbs if isinstance(cb, MixedPrecision)]):
         if tta:
             seed_everything(seed)  # TTA's augmentations are random: fix them so a report is repeatable
             probs, targets = learn.tta(dl=dl)

@@ -241,7 +241,6 @@ def fit(run:Run, progress:str='bars', # 'bars' (fastprogress), 'lines' (one prin
        ):
     "Train `run` through its stages, checkpointing every epoch; return its `Evaluation` on the validation set"
     import torch
-    from fastai.callback.fp16 import MixedPrecision
     from petbreeds.interpret import evaluate
     from petbreeds.learner import RunCheckpoints, RunHistory, run_stages
     learn, out = run.learn, run.out
@@ -255,9 +254,7 @@ def fit(run:Run, progress:str='bars', # 'bars' (fastprogress), 'lines' (one prin
         try: run_stages(learn, run.stages, start=run.start, cbs=cbs, resume_from=resume_from, dls_at=run.dls_at)
         except torch.OutOfMemoryError: raise RunOutOfMemory(run.info['device'], run.cfg.arch, run.cfg.bs, out) from None
         if nan.stopped: raise RunDiverged(run.cfg.lr, out)   # the record stops at the last good epoch
-        # one pass over the validation set gives the metrics and the report's plots, of the model as shipped: its
-        # fp32 weights in fp32, as `petbreeds evaluate` and the predictor see it (bf16 or fp16 rounding can flip a near tie)
-        with learn.removed_cbs([cb for cb in learn.cbs if isinstance(cb, MixedPrecision)]): ev = evaluate(learn)
+        ev = evaluate(learn)   # one pass over the validation set, in fp32, gives the metrics and the report's plots
     if run.me.distributed:
         from petbreeds.distributed import all_gather_object
         run.info['replica_checksums'] = all_gather_object(weights_checksum(learn.model))
