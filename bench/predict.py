@@ -5,7 +5,7 @@ cold start: a fresh `python` process that imports the predictor, loads the model
 process of its own per backend (torch's and ONNX Runtime's thread pools keep spinning after a call, so sharing
 a process slows both), p50 and p95 over many calls, and its two parts apart: opening and preparing the
 image, and the model alone on a prepared one. throughput: images per second in batches of 32 (prepared
-once: the model alone). The int8 model is `petbreeds.inference.export_int8`'s, calibrated on half the bench
+once: the model alone). The int8 model is `petbreeds.export.export_int8`'s, calibrated on half the bench
 images; its top-1 agreement with the float model is printed (the head is untrained here, so agreement is a
 harder test than on a trained model). All backends in one run, rounds alternating, same images.
 
@@ -27,7 +27,7 @@ from _common import load, machine, pets_sized_images
 def make_model(folder: Path, images: Path) -> Path:
     "A resnet34 model file at 224 from presize 460 (stand-in body, untrained head: speed doesn't depend on training)"
     from petbreeds.data import pets_dataloaders
-    from petbreeds.inference import export_onnx
+    from petbreeds.export import export_onnx
     from petbreeds.learner import save_model
     from petbreeds.learner import pets_learner
     dls = pets_dataloaders(images, bs=8, size=224, presize=460, device='cpu', progress=False)
@@ -36,7 +36,7 @@ def make_model(folder: Path, images: Path) -> Path:
     return model
 
 def make_int8(model: Path, folder: Path, files: list) -> dict:
-    from petbreeds.inference import export_int8
+    from petbreeds.export import export_int8
     return export_int8(model, folder/'model-int8.onnx', files, min_agreement=0)   # report the agreement, don't refuse
 
 def cold_start(model: Path, image: Path, backend: str) -> float:

@@ -322,20 +322,12 @@ def add_explain(p):
 def run_export(args) -> int:
     if args.calibrate and not args.int8: raise UsageError("--calibrate chooses the images for --int8: add --int8, or drop --calibrate")
     if args.int8 and not args.onnx: raise UsageError("--int8 writes an ONNX model: use it with --onnx FILE")
-    if args.space:
-        from petbreeds.serve import write_space
-        print(write_space(args.model, args.space, backend=args.space_backend))
-        return 0
+    from petbreeds.export import export
+    res = export(args.model, onnx=args.onnx, int8=args.int8, calibrate=args.calibrate, space=args.space, space_backend=args.space_backend)
     if args.int8:
-        from petbreeds.inference import export_int8
-        from petbreeds.runs import calibration_images
-        res = export_int8(args.model, args.onnx, calibration_images(args.model, args.calibrate))
         print(f"int8: top-1 agrees with the float model on {res['agreement']:.1%} of {res['checked_on']} held-out images "
               f"(calibrated on {res['calibrated_on']})", file=sys.stderr)
-        print(res['out'])
-        return 0
-    from petbreeds.inference import export_onnx
-    print(export_onnx(args.model, args.onnx))
+    print(res['out'])
     return 0
 
 @subcommand('export', run_export)

@@ -12,7 +12,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .core import PetbreedsError
-from .inference import _name, build_model, load_model, open_image, prepare_image
+from .input_spec import image_name, open_image, prepare_image
+from .model_file import load_network
 from .input_spec import InputSpec
 
 # %% ../nbs/04a_explain.ipynb #ac5dedd6
@@ -26,7 +27,7 @@ def cam_target(model) -> tuple:
     raise PetbreedsError(f"can't find an image grid in this {type(inner).__name__} to draw a heatmap on",
                          "explain works for CNNs and for ViT-style models with patch tokens")
 
-def grad_cam(model, # From `petbreeds.inference.build_model`
+def grad_cam(model, # From `petbreeds.model_file.load_network`
              x:np.ndarray, # One prepared image, 3 x size x size (`prepare_image`)
              target:int=None # The class to explain (default: the top one)
             ) -> tuple:
@@ -72,7 +73,7 @@ def overlay(img:Image.Image, # The upright RGB photo
     return out
 
 # %% ../nbs/04a_explain.ipynb #4aaac93d
-def explain_image(model, # From `petbreeds.inference.build_model`
+def explain_image(model, # From `petbreeds.model_file.load_network`
                   meta:dict, # Its model file's metadata
                   img:Image.Image # An upright RGB photo (`open_image`)
                  ) -> dict:
@@ -86,11 +87,10 @@ def explain(model_file:str|Path, # A petbreeds model.safetensors
             out:str|Path=None # Folder for the pictures; None keeps them in the results only
            ) -> list:
     "For each image: its top class, the probability, the Grad-CAM map and picture (written to `out`), or the error"
-    state, meta = load_model(model_file)
-    model = build_model(state, meta)
+    model, meta = load_network(model_file)
     results, used = [], set()
     for src in images:
-        name = _name(src)
+        name = image_name(src)
         try: img = open_image(src)
         except PetbreedsError as e:
             results.append({'image': name, 'error': e.one_line()}); continue

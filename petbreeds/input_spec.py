@@ -4,11 +4,15 @@
 
 # %% auto #0
 __all__ = ['IMAGENET_STATS', 'RESIZE_METHODS', 'MAX_SIDE', 'cache_side', 'short_side_shape', 'centre_square', 'pixel_problem',
-           'upright_size', 'upright_rgb', 'InputSpec']
+           'upright_size', 'upright_rgb', 'InputSpec', 'prepare_image', 'image_name', 'open_image']
 
 # %% ../nbs/00a_input_spec.ipynb #e99ac4a6
+import io
+import math
+import warnings
 from dataclasses import dataclass
 from numbers import Real
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -133,3 +137,91 @@ class InputSpec:
         missing = [k for k in ('size', 'item_side', 'mean', 'std') if k not in d]
         if missing: raise _bad(missing[0], None, 'a value (it is missing)')
         return cls(**{k: d[k] for k in ('size', 'item_side', 'resize', 'mean', 'std')})
+
+# %% ../nbs/00a_input_spec.ipynb #07d94969
+def _area_matrix(n_in:int, n_out:int) -> np.ndarray:
+    "Averaging `n_in` samples down to `n_out` as torch's area interpolation (adaptive average pooling) does"
+    m = np.zeros((n_out, n_in), np.float64)
+    for i in range(n_out):
+        a, b = (i * n_in) // n_out, -(-((i + 1) * n_in) // n_out)
+        m[i, a:b] = 1 / (b - a)
+    return m
+
+def _bilinear_matrix(n_in:int, n_out:int) -> np.ndarray:
+    "Bilinear sampling of `n_out` points from `n_in`, first and last samples on the corners (align_corners)"
+    m = np.zeros((n_out, n_in), np.float64)
+    pos = np.arange(n_out) * ((n_in - 1) / (n_out - 1)) if n_out > 1 else np.zeros(1)
+    lo = np.clip(np.floor(pos).astype(int), 0, n_in - 1); hi = np.minimum(lo + 1, n_in - 1); w = pos - lo
+    np.add.at(m, (np.arange(n_out), lo), 1 - w); np.add.at(m, (np.arange(n_out), hi), w)
+    return m
+
+_MATRICES = {}
+def _resample_matrix(n_in:int, n_out:int) -> np.ndarray:
+    "The whole of step (3) along one axis, as fastai's validation resize does it"
+    key = (n_in, n_out)
+    if key not in _MATRICES:
+        m, shrink = np.eye(n_in), (n_in / n_out) / 2
+        if shrink > 1:  # shrinking by more than half: average areas first
+            mid = math.floor(n_in * (1 / shrink))
+            m = _area_matrix(n_in, mid); n_in = mid
+        _MATRICES[key] = (_bilinear_matrix(n_in, n_out) @ m).astype(np.float32)
+    return _MATRICES[key]
+
+_TAPS = {}
+def _resample_taps(n_in:int, n_out:int) -> tuple:
+    "The same map as `_resample_matrix`, as a few (index, weight) taps per output sample"
+    if (n_in, n_out) not in _TAPS:
+        m = _resample_matrix(n_in, n_out)
+        k = int((m != 0).sum(1).max())
+        idx, w = np.zeros((n_out, k), np.int64), np.zeros((n_out, k), np.float32)
+        for i, row in enumerate(m):
+            nz = np.nonzero(row)[0]; idx[i, :len(nz)], w[i, :len(nz)] = nz, row[nz]
+        _TAPS[n_in, n_out] = idx, w
+    return _TAPS[n_in, n_out]
+
+def _resample_axis(x:np.ndarray, idx:np.ndarray, w:np.ndarray, axis:int) -> np.ndarray:
+    "Step (3) along `axis` of `x` with the taps (`idx`, `w`), a tap at a time: a gather and a multiply-add each"
+    shape = [1] * x.ndim; shape[axis] = -1
+    return sum(np.take(x, idx[:, j], axis=axis) * w[:, j].reshape(shape) for j in range(idx.shape[1]))
+
+def prepare_image(img:Image.Image, spec:InputSpec) -> np.ndarray:
+    "A 3 x `spec.size` x `spec.size` float32 array of `img`, as fastai's validation transforms make it (to about 1e-6)"
+    x = np.asarray(spec.item(img))                                            # rows x columns x channels, 8-bit
+    if spec.size != spec.item_side:
+        idx, w = _resample_taps(x.shape[0], spec.size)
+        x = _resample_axis(x, idx, w, 0)                                      # rows (whole rows gathered): float32 from here
+        x = _resample_axis(np.ascontiguousarray(x.transpose(2, 0, 1)), idx, w, 2)   # channels first, then columns
+    else: x = x.transpose(2, 0, 1).astype(np.float32)
+    std = np.asarray(spec.std, np.float32)
+    scale, shift = 1 / (np.float32(255) * std), -np.asarray(spec.mean, np.float32) / std   # steps (2) and (4) in one
+    return x * scale[:, None, None] + shift[:, None, None]
+
+# %% ../nbs/00a_input_spec.ipynb #a057bae5
+def image_name(src) -> str:
+    "How messages name an image given as a path, bytes or a Pillow image"
+    return str(src) if isinstance(src, (str, Path)) else '<bytes>' if isinstance(src, (bytes, bytearray)) else '<image>'
+
+def open_image(src) -> Image.Image:
+    "A fully decoded, upright, 8-bit RGB `PIL.Image` from a path, bytes or an image, or a `PetbreedsError` saying why not"
+    if isinstance(src, Image.Image): return upright_rgb(src)
+    name = image_name(src)
+    if isinstance(src, (str, Path)):
+        if not Path(src).is_file(): raise PetbreedsError(f"no image file '{name}'", "check the path")
+        fh = open(src, 'rb')
+    elif isinstance(src, (bytes, bytearray)): fh = io.BytesIO(src)
+    else: raise PetbreedsError(f"can't read an image from a {type(src).__name__}", "pass a path, bytes or a PIL image")
+    too_large = "shrink it first, or raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file"
+    try:
+        with fh, warnings.catch_warnings():
+            warnings.simplefilter('ignore', Image.DecompressionBombWarning)   # pixel_problem decides, as in every command
+            img = Image.open(fh)
+            problem = pixel_problem(img)
+            if problem: raise PetbreedsError(f"'{name}' is {problem} and was not decoded", too_large)
+            img.load()
+            return upright_rgb(img)
+    except Image.DecompressionBombError:
+        raise PetbreedsError(f"'{name}' declares more pixels than the safe limit of {Image.MAX_IMAGE_PIXELS} and was not decoded", too_large) from None
+    except Image.UnidentifiedImageError:
+        raise PetbreedsError(f"'{name}' is not an image", "pass a JPEG, PNG or another format Pillow reads") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise PetbreedsError(f"'{name}' is damaged or cut short ({' '.join(str(e).split())[:80]})", "pass a complete image file") from None

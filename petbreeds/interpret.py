@@ -169,10 +169,11 @@ def top_loss_cams(model_file:str|Path, # The model.safetensors that made `ev`
                   ev:Evaluation, k:int=9) -> list:
     "Grad-CAM maps (`petbreeds.explain`) of the `k` top-loss images, each for the class the model predicted"
     from petbreeds.explain import grad_cam
-    from petbreeds.inference import build_model, load_model, open_image, prepare_image
-    state, meta = load_model(model_file)
+    from petbreeds.input_spec import open_image, prepare_image
+    from petbreeds.model_file import load_network
+    model, meta = load_network(model_file)
     if list(meta['vocab']) != list(ev.vocab): raise PetbreedsError(f"'{model_file}' has other classes than this evaluation", "pass the model that was evaluated")
-    model, spec = build_model(state, meta), InputSpec.from_dict(meta['input'])
+    spec = InputSpec.from_dict(meta['input'])
     return [grad_cam(model, prepare_image(open_image(ev.items[i]), spec), int(ev.preds[i]))[0] for i in top_loss_indices(ev, k)]
 
 def plot_top_losses(ev:Evaluation, k:int=9,

@@ -26,7 +26,7 @@ from torch import nn
 from .backbones import arch_kwargs, arch_stats, check_arch, classifier_prefix, is_timm, timm_body
 from .core import RESNETS, PetbreedsError, PetbreedsWarning, get_precision, write_json
 from .data import input_spec_of
-from .inference import model_meta, write_model_file
+from .model_file import model_meta, write_model_file
 from .options import DEFAULTS
 
 # %% ../nbs/02_learner.ipynb #1c6aad47
@@ -57,7 +57,7 @@ def load_state_dict_file(path:str|Path) -> dict:
     if not path.is_file(): raise PetbreedsError(f"weights file '{path}' does not exist", "pass an existing file, or --weights imagenet|none")
     try:
         if path.suffix == '.safetensors':
-            from petbreeds.inference import read_tensors
+            from petbreeds.model_file import read_tensors
             state = read_tensors(path)
         else: state = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['LOCK', 'DONE', 'check_config', 'plot_loss', 'Run', 'new_run_folder', 'load_config', 'resume_at', 'claim_run_folder',
            'prepare', 'epoch_lines', 'stop_on_nan', 'RunDiverged', 'RunOutOfMemory', 'weights_checksum', 'fit',
-           'record', 'train', 'lr_find_run', 'evaluate_model', 'calibration_images']
+           'record', 'train', 'lr_find_run', 'evaluate_model', 'validation_images']
 
 # %% ../nbs/06_runs.ipynb #233ec441
 import contextlib
@@ -336,7 +336,7 @@ def evaluate_model(model_file:str|Path, # A model.safetensors from a run
                    bs:int=DEFAULTS.bs, num_workers:int=None, device:str='auto') -> dict:
     "Evaluate a saved model on its validation split or on a labelled folder; write the results to `out`"
     from petbreeds.data import get_pet_images, label_func, pets_dataloaders
-    from petbreeds.inference import load_model, load_weights
+    from petbreeds.model_file import load_model, load_weights
     from petbreeds.interpret import evaluate, write_evaluation
     from petbreeds.learner import pets_learner
     model_file = Path(model_file)
@@ -363,20 +363,16 @@ def evaluate_model(model_file:str|Path, # A model.safetensors from a run
     return write_evaluation(out, ev, ev_tta, spec=spec, model_file=model_file,
                             extra={'model': str(model_file), 'images_folder': str(images), 'split': 'validation' if same_split else 'all', 'out': str(out)})
 
-def calibration_images(model_file:str|Path, # A model.safetensors
-                       folder:str|Path=None # Images like those the model will see; default: its run's validation split
-                      ) -> list:
-    "The images to calibrate and check an int8 export of `model_file` on (see `petbreeds.inference.export_int8`)"
-    from petbreeds.data import IMAGE_EXTENSIONS, PetsSplitter, get_pet_images, label_func, walk_files
-    from petbreeds.inference import read_model_meta
-    if folder is not None:
-        folder = Path(folder)
-        if not folder.is_dir(): raise PetbreedsError(f"'{folder}' is not a folder", "give a folder of images like those the model will see")
-        return sorted(walk_files(folder, IMAGE_EXTENSIONS))
+def validation_images(model_file:str|Path, # A model.safetensors in its run folder
+                      fix:str="pass a folder of images" # What the user can do instead, if the run folder can't tell
+                     ) -> list:
+    "The images the run that wrote `model_file` validated on: its images folder, split as it was split"
+    from petbreeds.data import PetsSplitter, get_pet_images, label_func
+    from petbreeds.model_file import read_model_meta
     model_file = Path(model_file)
     meta = read_model_meta(model_file)
     run = _run_of(model_file)
-    images = _trained_on(model_file, run, "pass --calibrate DIR: a folder of images like those the model will see")
+    images = _trained_on(model_file, run, fix)
     items = get_pet_images(images, label_func(_target(meta)))
     opts = run['options']
     return [items[i] for i in PetsSplitter(opts['valid_pct'], opts['seed'])(items)[1]]   # the split the run validated on

@@ -31,7 +31,7 @@ def test_train_loads_timms_pretrained_weights_from_the_hub_cache_offline(timm_ru
     run, _ = timm_run
     info = json.loads((run/'metrics.json').read_text())
     assert info['arch'] == ARCH and info['options']['weights'] == 'imagenet'
-    from petbreeds.inference import read_model_meta
+    from petbreeds.model_file import read_model_meta
     meta = read_model_meta(run/'model.safetensors')
     assert meta['arch'] == ARCH and meta['input']['size'] == 64
 

@@ -63,7 +63,7 @@ def _sixteen_bit(src, dest):
 
 def test_a_16_bit_png_is_the_same_picture_in_training_and_prediction(kit, tmp_path, subprocess_env):
     from petbreeds.cache import PresizeCache
-    from petbreeds.inference import open_image
+    from petbreeds.input_spec import open_image
     png = tmp_path/'images'/'Bengal_90.png'; png.parent.mkdir()
     twin = _sixteen_bit(kit/'Bengal_1.jpg', png)
     got = np.asarray(open_image(png), np.int16)
@@ -81,7 +81,7 @@ def _sideways(upright:Image.Image, path):
 
 def test_a_phone_photo_stored_sideways_is_upright_everywhere(tmp_path, subprocess_env):
     from petbreeds.cache import PresizeCache
-    from petbreeds.inference import open_image
+    from petbreeds.input_spec import open_image
     wide = Image.new('RGB', (120, 60), (20, 20, 20)); wide.paste((230, 30, 30), (0, 0, 60, 60))   # red on the left half
     _sideways(wide, tmp_path/'Bengal_5.jpg')
     stored = Image.open(tmp_path/'Bengal_5.jpg')
@@ -96,7 +96,7 @@ def test_a_phone_photo_stored_sideways_is_upright_everywhere(tmp_path, subproces
 def test_one_pixel_limit_for_every_command(tmp_path, monkeypatch):
     "Between Pillow's limit and twice it Pillow only warns: check, training and prediction all refuse from the limit on"
     from petbreeds.data import get_pet_images, image_problem
-    from petbreeds.inference import open_image
+    from petbreeds.input_spec import open_image
     folder = tmp_path/'images'; folder.mkdir()
     Image.new('RGB', (80, 80), 'grey').save(folder/'Bengal_1.png')
     Image.new('RGB', (40, 40), 'grey').save(folder/'Bengal_2.png')

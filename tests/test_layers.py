@@ -3,14 +3,17 @@ are compared with what its floor allows. A lower layer never imports a higher on
 
 The floors, from the ground up (a module may import its own floor and those below):
   0  core                                      errors, device, precision, seeds, paths, breeds, architectures
-  1  input_spec, options, backbones            how an image becomes the input; every training option; which architectures
-  2  inference                                 the model file and the fastai-free predictor (a leaf: serving ships it alone)
-  2  demo                                      the demo's synthetic pets and stand-in weights
-  3  cache, data, explain                      files -> presized batches; where a model looks (Grad-CAM)
-  4  learner                                   the learner, its schedule, checkpoints, saving the model
-  5  interpret, chapter                        reading a trained model; the chapter's lessons
-  6  runs                                      one whole run
-  7  cli                                       the command
+  1  input_spec, options, backbones            the input contract (an image to the model's input); every training option; which architectures
+  2  model_file                                the safetensors model file: its metadata, writing, reading, rebuilding the network
+  3  inference                                 the fastai-free predictor (with the floors below it, what serving ships)
+  3  demo                                      the demo's synthetic pets and stand-in weights
+  4  cache, data, explain                      files -> presized batches; where a model looks (Grad-CAM)
+  5  learner                                   the learner, its schedule, checkpoints, saving the model
+  6  interpret, chapter                        reading a trained model; the chapter's lessons
+  7  runs                                      one whole run
+  8  serve                                     the web app on the predictor
+  9  export                                    ONNX, int8, a Space folder
+ 10  cli                                       the command
   -  testing                                   the test kit: imported by nothing shipped
 """
 import json
@@ -20,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
-FLOOR = {'core': 0, 'input_spec': 1, 'options': 1, 'backbones': 1, 'inference': 2, 'demo': 2, 'cache': 3, 'data': 3, 'explain': 3, 'learner': 4,
-         'interpret': 5, 'chapter': 5, 'runs': 6, 'cli': 7}
-OPTIONAL = {'serve': 7, 'distributed': 5, 'augment': 3}   # floors of modules that other work adds
+FLOOR = {'core': 0, 'input_spec': 1, 'options': 1, 'backbones': 1, 'model_file': 2, 'inference': 3, 'demo': 3, 'cache': 4, 'data': 4, 'explain': 4,
+         'learner': 5, 'interpret': 6, 'chapter': 6, 'runs': 7, 'serve': 8, 'export': 9, 'cli': 10}
+OPTIONAL = {'distributed': 6, 'augment': 4}   # floors of modules that other work adds
 
 def imported_by(module:str) -> dict:
     "The petbreeds modules and the heavy libraries in sys.modules after importing `module` alone"
@@ -54,15 +57,40 @@ def test_core_imports_no_other_petbreeds_module():
 
 def test_serving_is_a_leaf_without_fastai_or_training_modules():
     got = imported_by('inference')
-    assert set(got['petbreeds']) <= {'core', 'input_spec', 'backbones', 'inference'}, got['petbreeds']
+    assert set(got['petbreeds']) <= {'core', 'input_spec', 'backbones', 'model_file', 'inference'}, got['petbreeds']
     assert not got['fastai'] and not got['torch'], "importing the predictor loads neither fastai nor torch"
+
+def test_the_model_file_and_the_input_contract_import_no_fastai():
+    for module in ('model_file', 'input_spec'):
+        got = imported_by(module)
+        assert not got['fastai'] and not got['torch'], (module, got)
+        assert set(got['petbreeds']) <= {'core', 'input_spec', 'backbones', 'model_file'}, (module, got['petbreeds'])
 
 def test_the_ground_floor_is_light():
     for module in ('core', 'input_spec', 'options'):
         got = imported_by(module)
         assert not got['fastai'] and not got['torch'], (module, got)
 
-def test_the_web_app_stands_on_the_predictor_alone():
+def test_the_web_app_stands_on_the_modules_a_space_ships():
+    from petbreeds.export import SPACE_MODULES
     got = imported_by('serve')   # what a Hugging Face Space ships: no fastai, no training modules
-    assert set(got['petbreeds']) <= {'core', 'input_spec', 'backbones', 'inference', 'serve'}, got['petbreeds']
+    assert set(got['petbreeds']) <= set(SPACE_MODULES), got['petbreeds']
     assert not got['fastai']
+
+def imports_in_source(module:str) -> set:
+    "Every petbreeds module `module`'s source imports, at the top or inside a function (from Python's parser)"
+    import ast
+    found = set()
+    for node in ast.walk(ast.parse((PACKAGE/f'{module}.py').read_text())):
+        if isinstance(node, ast.ImportFrom):
+            name = (node.module or '') if node.level else (node.module or '').removeprefix('petbreeds').lstrip('.')
+            if node.level or (node.module or '').startswith('petbreeds'): found.add(name.split('.')[0])
+    return found
+
+def test_readers_of_the_model_file_go_through_it_not_through_the_predictor():
+    for module in ('explain', 'interpret'):   # Grad-CAM and the evaluation's heatmaps: `load_network`, not the serving module
+        assert 'inference' not in imports_in_source(module) and 'model_file' in imports_in_source(module), (module, imports_in_source(module))
+
+def test_inference_imports_neither_export_nor_training_modules():
+    assert not imports_in_source('inference') & {'export', 'learner', 'data', 'cache', 'augment', 'runs', 'interpret', 'explain', 'serve', 'cli'}, imports_in_source('inference')
+    assert 'inference' not in imports_in_source('learner'), "training writes the model file through model_file, not the serving module"

@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from petbreeds.core import PetbreedsError
-from petbreeds.inference import Predictor, load_model
+from petbreeds.inference import Predictor
+from petbreeds.model_file import load_model
 from petbreeds.testing import synthetic_pets
 from test_cli import assert_one_line_error, petbreeds_cmd
 
@@ -70,7 +71,7 @@ def test_export_then_predict_with_onnx_runtime(model, subprocess_env, tmp_path):
 
 def test_export_int8_is_checked_against_the_float_model(model, subprocess_env, tmp_path):
     "Calibrated and checked on images like the model's, it is written; calibrated on white pictures instead, it is refused"
-    from petbreeds.runs import calibration_images
+    from petbreeds.export import calibration_images
     model_file, images = model
     valid = calibration_images(model_file)   # the default: the run's own validation split
     trained_on = valid[0].parent
@@ -169,7 +170,7 @@ def test_predictor_module_needs_no_fastai(model):
 @pytest.mark.hostile
 def test_weights_that_dont_fit_the_architecture_are_one_line_in_every_command(model, subprocess_env, tmp_path):
     "A model file whose header says resnet34 but whose weights are a resnet18's: refused by evaluate, predict and export alike"
-    from petbreeds.inference import load_model, write_model_file
+    from petbreeds.model_file import load_model, write_model_file
     model_file, images = model
     state, meta = load_model(model_file)
     liar = write_model_file(tmp_path/'liar.safetensors', state, {**meta, 'arch': 'resnet34'})

@@ -217,7 +217,7 @@ runpy.run_path(space + '/app.py', run_name='__main__')
 
 def test_space_runs_without_petbreeds_or_torch(demo_model, uploads, tmp_path, subprocess_env):
     from gradio_client import Client
-    from petbreeds.serve import write_space
+    from petbreeds.export import write_space
     space = write_space(demo_model, tmp_path/'space')
     port = free_port()
     env = {'PATH': subprocess_env['PATH'], 'HOME': str(tmp_path), 'TMPDIR': str(tmp_path), 'GRADIO_SERVER_NAME': '127.0.0.1',

@@ -238,7 +238,7 @@ def _finishes_on_resume(run, env, cwd):
     with open(run/'history.csv') as f: rows = list(csv.DictReader(f))
     assert [(r['epoch'], r['stage']) for r in rows] == [('1', 'frozen'), ('2', 'unfrozen')], rows
     assert json.loads((run/'metrics.json').read_text())['epochs'] == 2
-    from petbreeds.inference import read_model_meta
+    from petbreeds.model_file import read_model_meta
     assert read_model_meta(run/'model.safetensors')['arch'] == 'resnet18'
     assert not list(run.rglob('*.tmp')) and not list(run.rglob('*.tmp.pth')), "no half-written file is left behind"
 
