@@ -28,6 +28,20 @@ def test_ci_runs_what_the_readme_says():
     assert any(l.startswith('nbdev_test') and '--n_workers' not in l for l in ci.splitlines()), "CI runs plain nbdev_test, as the README says"
     assert 'pytest tests' in ci
 
+def reading_order() -> list:
+    "The notebooks named in README's Learn table, in its order"
+    import re
+    table = render_index().split('| Notebook | What it teaches | CPU |', 1)[1].split('\n\n', 1)[0]
+    return [name for row in table.splitlines()[2:] for name in re.findall(r'`(\d\d\w*)`', row.split('|')[1])]
+
+def test_the_sidebar_and_the_learn_table_agree_and_list_every_notebook():
+    import re
+    sidebar = re.findall(r'^\s*- (\S+)\.ipynb$', (ROOT/'nbs'/'sidebar.yml').read_text(), flags=re.M)
+    assert sidebar == ['index', *reading_order()], "nbs/sidebar.yml and README's Learn table list the notebooks in another order"
+    assert sorted(sidebar) == sorted(p.stem for p in (ROOT/'nbs').glob('*.ipynb')), "every notebook is in the sidebar once"
+    settings = (ROOT/'settings.ini').read_text()
+    assert re.search(r'^custom_sidebar = True$', settings, flags=re.M), "nbdev would write its own sidebar, by file name"
+
 def test_every_guarantee_names_tests_that_exist_and_are_marked_hostile():
     "Each test the README's Guarantees section names is a test in tests/, so a promise can't outlive its proof"
     import re
