@@ -10,6 +10,7 @@ __all__ = ['MIN_INT8_IMAGES', 'SPACE_PACKAGE', 'APP_PY', 'SPACE_MODULES', 'expor
 import ast
 import contextlib
 import importlib.util
+import json
 import os
 import shutil
 import sys
