@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from .backbones import is_arch_name, is_timm, timm_body
-from .core import PetbreedsError, library_versions, replace_when_done, species_for
+from .core import PetbreedsError, library_versions, replace_when_done, species_of_classes
 from .input_spec import InputSpec, pixel_problem, upright_rgb
 
 # %% ../nbs/04_inference.ipynb #9d440136
@@ -35,7 +35,7 @@ def model_meta(arch:str, # A torchvision ResNet or a timm name
               ) -> dict:
     "Everything besides the weights that a predictor needs"
     vocab = [str(v) for v in vocab]
-    return {'format': MODEL_FORMAT, 'format_version': FORMAT_VERSION, 'arch': arch, 'vocab': vocab, 'species': species_for(vocab),
+    return {'format': MODEL_FORMAT, 'format_version': FORMAT_VERSION, 'arch': arch, 'vocab': vocab, 'species': species_of_classes(vocab),
             'input': spec.to_dict(), 'metrics': metrics or {}, 'versions': library_versions(),
             'created': datetime.now(timezone.utc).isoformat(timespec='seconds')}
 
@@ -82,7 +82,7 @@ def _check_meta(path, text):
     vocab = meta['vocab']
     if not isinstance(vocab, list) or len(vocab) < 2 or not all(isinstance(v, str) and v for v in vocab) or len(set(vocab)) != len(vocab):
         raise _not_a_model(path, "its vocabulary is not a list of two or more distinct class names")
-    if meta['species'] != species_for(vocab): raise _not_a_model(path, "its species do not match its class names")
+    if meta['species'] != species_of_classes(vocab): raise _not_a_model(path, "its species do not match its class names")
     if not isinstance(meta.get('metrics', {}), dict): raise _not_a_model(path, "its metrics are not a JSON object")
     try: spec = InputSpec.from_dict(meta['input'])
     except PetbreedsError as e: raise _not_a_model(path, e.problem) from None
