@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .core import PetbreedsError   # before fastai: it silences a torch deprecation warning that importing fastai sets off
+from .core import PetbreedsError
 from .learner import Stage
 
 from fastai.data.block import DataBlock

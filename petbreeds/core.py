@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['PRECISIONS', 'CAT_BREEDS', 'DOG_BREEDS', 'BREEDS', 'SPECIES', 'RESNETS', 'PetbreedsError', 'PetbreedsWarning',
-           'get_device', 'cpu_has_native_bf16', 'get_precision', 'seed_everything', 'RankInfo', 'rank_info',
-           'threads_per_test_notebook', 'species_of', 'species_for', 'data_home', 'replace_when_done', 'write_json',
-           'library_versions']
+           'quiet_library_warnings', 'get_device', 'cpu_has_native_bf16', 'get_precision', 'seed_everything',
+           'RankInfo', 'rank_info', 'threads_per_test_notebook', 'share_cores_in_test_workers', 'species_of_breed',
+           'species_of_classes', 'data_home', 'replace_when_done', 'write_json', 'library_versions']
 
 # %% ../nbs/00_core.ipynb #edacd1dd
 import contextlib
@@ -22,13 +22,6 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
-
-# fastai's import calls torch.jit.script, which torch 2.14 deprecates: a warning about fastai's code that every
-# petbreeds command and notebook would show, with a path into the virtualenv, and no user can act on
-warnings.filterwarnings('ignore', message=r'`torch\.jit\.script` is deprecated', category=FutureWarning)
-# and fastai's ColReader indexes a pandas row by position, which pandas 2 deprecates: the same kind of noise
-warnings.filterwarnings('ignore', message=r'Series\.__getitem__ treating keys as positions', category=FutureWarning, module=r'fastai\.')
-
 
 # %% ../nbs/00_core.ipynb #909ba1d8
 class PetbreedsError(Exception):
@@ -46,6 +39,14 @@ class PetbreedsError(Exception):
 # %% ../nbs/00_core.ipynb #dd33f63a
 class PetbreedsWarning(UserWarning):
     "Something was left out or changed so that the run could go on"
+
+# %% ../nbs/00_core.ipynb #28ebb8e5
+def quiet_library_warnings() -> None:
+    "Ignore, process-wide, two FutureWarnings about fastai's own code; called by the command, the test kit and the notebooks, never on import"
+    # fastai's import calls torch.jit.script, which torch 2.14 deprecates
+    warnings.filterwarnings('ignore', message=r'`torch\.jit\.script` is deprecated', category=FutureWarning)
+    # fastai's ColReader indexes a pandas row by position, which pandas 2 deprecates
+    warnings.filterwarnings('ignore', message=r'Series\.__getitem__ treating keys as positions', category=FutureWarning, module=r'fastai\.')
 
 # %% ../nbs/00_core.ipynb #0f6e8d13
 def _mps_available() -> bool:
@@ -164,14 +165,12 @@ def _workers_asked(argv:list) -> int|None:
         if a.startswith('--n_workers=') and a[12:].isdigit(): return int(a[12:])
     return None
 
-def _share_cores_in_test_workers():
+def share_cores_in_test_workers() -> None:
     "In a worker process of `nbdev_test` (not in a notebook you run, nor in pytest), use a share of the cores"
     if os.environ.get('IN_TEST') != '1' or multiprocessing.parent_process() is None or 'OMP_NUM_THREADS' in os.environ: return
     n = threads_per_test_notebook(workers=_workers_asked(sys.argv))   # a forked worker keeps the command's sys.argv
     os.environ['OMP_NUM_THREADS'] = str(n)   # read by torch on import; set also for the processes this one starts
     if 'torch' in sys.modules: sys.modules['torch'].set_num_threads(n)
-
-_share_cores_in_test_workers()
 
 # %% ../nbs/00_core.ipynb #0e5a72ed
 CAT_BREEDS = ('Abyssinian', 'Bengal', 'Birman', 'Bombay', 'British_Shorthair', 'Egyptian_Mau',
@@ -185,15 +184,15 @@ DOG_BREEDS = ('american_bulldog', 'american_pit_bull_terrier', 'basset_hound', '
 BREEDS = tuple(sorted(CAT_BREEDS + DOG_BREEDS))
 SPECIES = ('cat', 'dog')
 
-def species_of(breed:str) -> str:
+def species_of_breed(breed:str) -> str:
     "'cat' or 'dog' for one of the 37 `BREEDS`"
     if breed in CAT_BREEDS: return 'cat'
     if breed in DOG_BREEDS: return 'dog'
     raise PetbreedsError(f"'{breed}' is not one of the 37 Oxford-IIIT Pet breeds", "use a name from petbreeds.core.BREEDS")
 
-def species_for(vocab) -> list:
+def species_of_classes(vocab) -> list:
     "The species of each class in `vocab`: a breed's species, 'cat' and 'dog' themselves, None for anything else"
-    return [species_of(v) if v in BREEDS else v if v in SPECIES else None for v in vocab]
+    return [species_of_breed(v) if v in BREEDS else v if v in SPECIES else None for v in vocab]
 
 # %% ../nbs/00_core.ipynb #b44949b5
 RESNETS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')   # torchvision ResNets, smallest first

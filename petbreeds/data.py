@@ -43,7 +43,7 @@ from fastai.vision.data import ImageBlock, ImageDataLoaders, imagenet_stats
 from fastai.data.transforms import Normalize
 
 # %% ../nbs/01_data.ipynb #a7e9c48c
-from .core import BREEDS, CAT_BREEDS, DOG_BREEDS, SPECIES, species_of  # noqa: F401 (re-exported)
+from .core import BREEDS, CAT_BREEDS, DOG_BREEDS, SPECIES, species_of_breed  # noqa: F401 (re-exported)
 
 # %% ../nbs/01_data.ipynb #332a4dd0
 PETS_NAME_RE = re.compile(r'^(.+)_\d+\.(?i:jpe?g|png)$')
@@ -221,7 +221,7 @@ TARGETS = ('breed', 'species')
 
 def species_of_file(path:str|Path) -> str:
     "'cat' or 'dog' for a Pets-style file name"
-    return species_of(breed_of(path))
+    return species_of_breed(breed_of(path))
 
 def label_func(target:str=DEFAULTS.target):
     "The function that labels a file for `target` ('breed' or 'species')"
@@ -420,7 +420,7 @@ def check_images(path:str|Path, # The folder to check (searched recursively)
         if problem: res.unreadable[name] = problem; continue
         try: breed = breed_of(p)
         except PetbreedsError: res.unmatched.append(name); continue
-        res.per_breed[breed] += 1; res.per_species[species_of(breed)] += 1
+        res.per_breed[breed] += 1; res.per_species[species_of_breed(breed)] += 1
         if smallest is None or size[0] * size[1] < smallest[1][0] * smallest[1][1]: smallest = (name, size)
     res.missing_breeds = [b for b, n in res.per_breed.items() if n == 0]
     res.duplicates = [names for names in by_hash.values() if len(names) > 1]

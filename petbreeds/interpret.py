@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .core import PetbreedsError, species_for
+from .core import PetbreedsError, species_of_classes
 from .input_spec import InputSpec
 
 # %% ../nbs/03_interpret.ipynb #16294a02
@@ -80,14 +80,14 @@ def per_class_table(ev:Evaluation) -> list:
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
         off = cm[i].copy(); off[i] = 0
         j = int(off.argmax())
-        rows.append({'class': name, 'species': species_for([name])[0], 'support': int(support), 'precision': round(float(precision), 4),
+        rows.append({'class': name, 'species': species_of_classes([name])[0], 'support': int(support), 'precision': round(float(precision), 4),
                      'recall': round(float(recall), 4), 'f1': round(float(f1), 4),
                      'mistaken_for': ev.vocab[j] if off[j] else '', 'mistaken_count': int(off[j])})
     return rows
 
 def species_error(ev:Evaluation) -> float|None:
     "Share of images whose predicted species differs from the true one (None if the classes have no species)"
-    species = species_for(ev.vocab)
+    species = species_of_classes(ev.vocab)
     if any(s is None for s in species): return None
     s = np.array(species)
     return float((s[ev.preds] != s[ev.targets]).mean())
@@ -113,7 +113,7 @@ def expected_calibration_error(ev:Evaluation, bins:int=10) -> float:
 def _order(vocab):
     "Class indices ordered cats first, then dogs, then anything else, each alphabetically"
     rank = {'cat': 0, 'dog': 1}
-    species = species_for(vocab)
+    species = species_of_classes(vocab)
     return sorted(range(len(vocab)), key=lambda i: (rank.get(species[i], 2), vocab[i].lower()))
 
 def plot_confusion(ev:Evaluation, title:str='confusion matrix (rows normalised; numbers are counts of mistakes)'):
@@ -137,7 +137,7 @@ def plot_confusion(ev:Evaluation, title:str='confusion matrix (rows normalised; 
                         color='white' if share[i, j] > 0.5 * im.get_clim()[1] else 'black')
     ax.set_xticks(range(c)); ax.set_xticklabels(names, rotation=90, fontsize=8)
     ax.set_yticks(range(c)); ax.set_yticklabels(names, fontsize=8)
-    n_cats = species_for(ev.vocab).count('cat')
+    n_cats = species_of_classes(ev.vocab).count('cat')
     if 0 < n_cats < c:
         for f in (ax.axhline, ax.axvline): f(n_cats - 0.5, color='black', lw=1.2)
     ax.set_xlabel('predicted'); ax.set_ylabel('actual'); ax.set_title(title, fontsize=10)

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .backbones import is_arch_name, is_timm, timm_body
-from .core import PetbreedsError, library_versions, replace_when_done, species_for
+from .core import PetbreedsError, library_versions, replace_when_done, species_of_classes
 from .input_spec import InputSpec
 
 # %% ../nbs/00f_model_file.ipynb #9d440136
@@ -31,7 +31,7 @@ def model_meta(arch:str, # A torchvision ResNet or a timm name
               ) -> dict:
     "Everything besides the weights that a predictor needs"
     vocab = [str(v) for v in vocab]
-    return {'format': MODEL_FORMAT, 'format_version': FORMAT_VERSION, 'arch': arch, 'vocab': vocab, 'species': species_for(vocab),
+    return {'format': MODEL_FORMAT, 'format_version': FORMAT_VERSION, 'arch': arch, 'vocab': vocab, 'species': species_of_classes(vocab),
             'input': spec.to_dict(), 'metrics': metrics or {}, 'versions': library_versions(),
             'created': datetime.now(timezone.utc).isoformat(timespec='seconds')}
 
@@ -80,7 +80,7 @@ def check_meta(path, text:str|None) -> dict:
     vocab = meta['vocab']
     if not isinstance(vocab, list) or len(vocab) < 2 or not all(isinstance(v, str) and v for v in vocab) or len(set(vocab)) != len(vocab):
         raise not_a_model(path, "its vocabulary is not a list of two or more distinct class names")
-    if meta['species'] != species_for(vocab): raise not_a_model(path, "its species do not match its class names")
+    if meta['species'] != species_of_classes(vocab): raise not_a_model(path, "its species do not match its class names")
     if not isinstance(meta.get('metrics', {}), dict): raise not_a_model(path, "its metrics are not a JSON object")
     try: spec = InputSpec.from_dict(meta['input'])
     except PetbreedsError as e: raise not_a_model(path, e.problem) from None

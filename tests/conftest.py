@@ -32,3 +32,5 @@ def pytest_configure(config):
     config.addinivalue_line('markers', 'hostile: an input crafted or damaged to break petbreeds (`pytest -m hostile` runs them all)')
     # fastai's import calls torch.jit.script, which torch 2.14 deprecates: noise, not a finding
     config.addinivalue_line('filterwarnings', 'ignore:`torch.jit.script` is deprecated:FutureWarning')
+    # and its ColReader's pandas deprecation: the two that petbreeds' command and test kit silence (importing petbreeds doesn't)
+    config.addinivalue_line('filterwarnings', r'ignore:Series\.__getitem__ treating keys as positions:FutureWarning:fastai\.')

@@ -17,7 +17,7 @@ NOTEBOOKS = sorted(NBS.glob('*.ipynb'))
 OUTPUT_LIMIT = 1_500_000    # bytes of stored outputs, all notebooks together (issue 16: from 3.3 MB)
 FIGURE_LIMIT = 150_000      # bytes of one stored picture, base64 as stored (.ci/run_notebooks.py stores big photo-like PNGs as JPEG)
 NOISE = {   # what a stored output must not show, and why
-    'FutureWarning': "a library's deprecation warning: silence it where it starts (petbreeds.core)",
+    'FutureWarning': "a library's deprecation warning: silence it where it starts (petbreeds.core.quiet_library_warnings, which the notebook's first cell calls)",
     '.venv/': "a path into someone's virtualenv",
     'site-packages/': "a path into the installed libraries",
     'np.int64(': "a numpy scalar's repr: convert it to int",
