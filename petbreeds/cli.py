@@ -187,8 +187,9 @@ def run_train(args) -> int:
     me, named = rank_info(), args.out is None
     if args.resume: _resume_checks(args); cfg = None
     else:
-        cfg = check_config(config_from_args(args))   # bad options are one line, before anything is started
+        cfg = config_from_args(args)   # bad options are one line, before anything is started (the machine's checks: in `prepare`)
         args.out = args.out or str(new_run_folder(cfg))   # named here, so an interrupted run can say where it is
+        if args.nproc is not None and args.nproc > 1 and not me.distributed: check_config(cfg)   # once here, not in every process it starts
     if args.nproc is not None and args.nproc > 1 and not me.distributed: return _launch(args, named)
     progress = 'bars' if sys.stdout.isatty() and not args.no_progress else 'lines'
     try: metrics = train(cfg, out=args.out, resume_run=args.resume, progress=progress, on_start=_announce, say=_say)
