@@ -200,8 +200,9 @@ def run_train(args, argv:list) -> int:
     me = rank_info()
     if args.resume: _resume_checks(args); cfg, out = None, args.out
     else:
-        cfg = check_config(config_from_args(args))   # bad options are one line, before anything is started
+        cfg = config_from_args(args)   # bad options are one line, before anything is started (the machine's checks: in `prepare`)
         out = args.out or str(new_run_folder(cfg))   # named here, so an interrupted run can say where it is
+        if args.nproc is not None and args.nproc > 1 and not me.distributed: check_config(cfg)   # once here, not in every process it starts
     progress = 'bars' if sys.stdout.isatty() and not args.no_progress else 'lines'
     try:
         if args.nproc is not None and args.nproc > 1 and not me.distributed:   # this command again, under torchrun, into the same folder

@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['PETS_NAME_RE', 'PETS_IMAGES', 'IMAGE_EXTENSIONS', 'TARGETS', 'breed_of', 'get_pets', 'walk_files', 'image_problem',
-           'get_pet_images', 'PetsSplitter', 'species_of_file', 'label_func', 'presizing_tfms', 'pets_block',
-           'pets_dataloaders', 'input_spec_of', 'ImageCheck', 'check_images', 'folder_dataloaders', 'csv_dataloaders',
-           'df_dataloaders', 'name_re_dataloaders', 'name_func_dataloaders', 'lists_dataloaders']
+           'get_pet_images', 'PetsSplitter', 'species_of_file', 'PetsLabeller', 'spec_tfms', 'presizing_tfms',
+           'pets_block', 'pets_dataloaders', 'input_spec_of', 'ImageCheck', 'check_images', 'folder_dataloaders',
+           'csv_dataloaders', 'df_dataloaders', 'name_re_dataloaders', 'name_func_dataloaders', 'lists_dataloaders']
 
 # %% ../nbs/01_data.ipynb #fc6ae749
 import contextlib
@@ -31,15 +31,15 @@ import torch
 from PIL import Image
 
 from .core import PetbreedsError, PetbreedsWarning, data_home, get_device
-from .input_spec import InputSpec, pixel_problem
-from .options import DEFAULTS
+from .input_spec import IMAGENET_STATS, InputSpec, pixel_problem
+from .options import DEFAULTS, check_option, check_presize
 
 # %% ../nbs/01_data.ipynb #f2cbe42d
 from fastai.data.block import CategoryBlock, DataBlock
 from fastai.data.external import URLs, untar_data
 from fastai.data.transforms import RandomSplitter, image_extensions
 from fastai.vision.augment import Resize, Zoom, aug_transforms
-from fastai.vision.data import ImageBlock, ImageDataLoaders, imagenet_stats
+from fastai.vision.data import ImageBlock, ImageDataLoaders
 from fastai.data.transforms import Normalize
 
 # %% ../nbs/01_data.ipynb #a7e9c48c
@@ -223,8 +223,8 @@ def species_of_file(path:str|Path) -> str:
     "'cat' or 'dog' for a Pets-style file name"
     return species_of_breed(breed_of(path))
 
-def label_func(target:str=DEFAULTS.target):
-    "The function that labels a file for `target` ('breed' or 'species')"
+def PetsLabeller(target:str=DEFAULTS.target):
+    "The label function for `target`: `breed_of` for 'breed', `species_of_file` for 'species'"
     if target not in TARGETS: raise PetbreedsError(f"unknown target '{target}'", f"use one of: {', '.join(TARGETS)}")
     return breed_of if target == 'breed' else species_of_file
 
@@ -232,24 +232,52 @@ def _check_valid_pct(valid_pct):
     if not 0 < valid_pct < 1: raise PetbreedsError(f"valid_pct must be between 0 and 1, got {valid_pct}", f"pass e.g. --valid-pct {DEFAULTS.valid_pct}")
 
 def _check_sizes(size, presize, min_scale):
-    for name, value in (('size', size), ('presize', presize)):
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 8):
-            raise PetbreedsError(f"{name} must be a whole number of pixels, at least 8; got {value!r}", f"pass e.g. --{name} {getattr(DEFAULTS, name)}")
-    if presize is not None and presize < size:
-        raise PetbreedsError(f"presize {presize} is smaller than size {size}: the batch crop would have to enlarge the image",
-                             f"use a presize above the size, e.g. --presize {round(size * DEFAULTS.presize / DEFAULTS.size)}")
-    if not 0 < min_scale <= 1: raise PetbreedsError(f"min_scale must be in (0, 1], got {min_scale}", f"pass e.g. --min-scale {DEFAULTS.min_scale}")
+    "The options' rules (`petbreeds.options`) for sizes a Python caller passes: one floor, one ceiling, presize not below size"
+    check_option('size', size)
+    if presize is not None: check_presize(size, check_option('presize', presize))
+    check_option('min_scale', min_scale)
+
+def _augment(size, min_scale, one_pass):
+    "fastai's batch augmentations to `size`, the random crop among them (`one_pass`) or after them"
+    if not one_pass: return aug_transforms(size=size, min_scale=min_scale)
+    crop = [Zoom(min_zoom=1., max_zoom=1 / math.sqrt(min_scale), p=1., size=size)] if min_scale < 1 else []
+    return aug_transforms(size=size, min_scale=1., xtra_tfms=crop)
+
+def spec_tfms(spec:InputSpec, # How an image becomes the input: the square item, the size, the normalisation
+              min_scale:float=DEFAULTS.min_scale, # Smallest share of the item the training set's random crop keeps
+              one_pass:bool=False, # Fold the random crop into the other augmentations' single interpolation
+              fused:bool=False # With the cache (`spec.cached`): every batch augmentation and Normalize in one pass (`petbreeds.augment.FusedAugment`)
+             ) -> dict:
+    "fastai's `item_tfms` and `batch_tfms` made from `spec`: its square item, augmented to its size, normalised with its statistics"
+    item_tfms = [] if spec.cached else [Resize(spec.item_side)]   # the cache's `PresizedCrop` cuts the item itself
+    if fused and spec.cached:
+        from petbreeds.augment import fused_aug_tfms
+        batch_tfms = fused_aug_tfms(spec.size, min_scale, mean=spec.mean, std=spec.std)   # aug_transforms' draws, one resample, lighting and Normalize in place
+    else: batch_tfms = [*_augment(spec.size, min_scale, one_pass), Normalize.from_stats(spec.mean, spec.std)]
+    batch_tfms[-1].input_spec = spec   # the normalising transform remembers the spec it was made from (`input_spec_of` reads it)
+    return dict(item_tfms=item_tfms, batch_tfms=batch_tfms)
 
 def presizing_tfms(size:int=DEFAULTS.size, presize:int|None=DEFAULTS.presize, min_scale:float=DEFAULTS.min_scale,
                    one_pass:bool=False # Fold the random crop into the other augmentations' single interpolation
                   ) -> dict:
-    "The chapter's `item_tfms` and `batch_tfms` (ImageNet-normalised), ready to pass to a DataBlock"
+    "The chapter's `item_tfms` and `batch_tfms` (ImageNet-normalised): `spec_tfms` of `InputSpec(size, presize)`"
     _check_sizes(size, presize, min_scale)
-    if one_pass:
-        crop = [Zoom(min_zoom=1., max_zoom=1 / math.sqrt(min_scale), p=1., size=size)] if min_scale < 1 else []
-        augment = aug_transforms(size=size, min_scale=1., xtra_tfms=crop)
-    else: augment = aug_transforms(size=size, min_scale=min_scale)
-    return dict(item_tfms=[Resize(presize)] if presize else [], batch_tfms=[*augment, Normalize.from_stats(*imagenet_stats)])
+    if presize is None:   # the chapter's counter-example (see `08_chapter`): items left at every size, which can't be batched
+        return dict(item_tfms=[], batch_tfms=[*_augment(size, min_scale, one_pass), Normalize.from_stats(*IMAGENET_STATS)])
+    return spec_tfms(InputSpec(size, presize), min_scale, one_pass)
+
+def _labelled_block(tfms:dict, target, valid_pct, seed, presize_cache, get_items, fused:bool) -> DataBlock:
+    "A DataBlock of Pets-style files labelled for `target`, transformed by `tfms`, reading its items from `presize_cache` if given"
+    get_y = PetsLabeller(target)
+    vocab = list(BREEDS) if target == 'breed' else list(SPECIES)
+    if presize_cache is not None:
+        from petbreeds.cache import cached_image_block
+        images = cached_image_block(presize_cache)   # the cache crops; no decoding, no Resize
+    else: images = ImageBlock
+    block = DataBlock(blocks=(images, CategoryBlock(vocab=vocab)), get_items=get_items,
+                      splitter=PetsSplitter(valid_pct, seed), get_y=get_y, **tfms)
+    if fused and presize_cache is not None: block.batch_tfms = tfms['batch_tfms']   # FusedAugment reads the cache's uint8 pixels: no IntToFloatTensor first
+    return block
 
 def pets_block(size:int=DEFAULTS.size, # Side of the square batches the model sees
                presize:int|None=DEFAULTS.presize, # Side of the square items are cropped to first; None leaves them as they are
@@ -261,21 +289,18 @@ def pets_block(size:int=DEFAULTS.size, # Side of the square batches the model se
                get_items=get_pet_images, # How to list the items of a folder; None when given a list
                fused:bool=False # With a cache: every batch augmentation and Normalize in one pass (`petbreeds.augment.FusedAugment`)
               ) -> DataBlock:
-    "The chapter's presizing `DataBlock` for Pets-style file names"
+    "The chapter's presizing `DataBlock` for Pets-style file names, its transforms made from the `InputSpec` of `size` and `presize`"
     _check_valid_pct(valid_pct)
-    get_y = label_func(target)
-    vocab = list(BREEDS) if target == 'breed' else list(SPECIES)
-    tfms = presizing_tfms(size, presize, min_scale, one_pass)
-    if presize_cache is not None:
-        from petbreeds.cache import cached_image_block
-        images, tfms['item_tfms'] = cached_image_block(presize_cache), []   # the cache crops; no decoding, no Resize
-    else: images = ImageBlock
-    block = DataBlock(blocks=(images, CategoryBlock(vocab=vocab)), get_items=get_items,
-                      splitter=PetsSplitter(valid_pct, seed), get_y=get_y, **tfms)
-    if fused and presize_cache is not None:
-        from petbreeds.augment import fused_aug_tfms
-        block.batch_tfms = fused_aug_tfms(size, min_scale)   # the same draws as aug_transforms, one resample, lighting and Normalize in place
-    return block
+    if presize_cache is None: tfms = presizing_tfms(size, presize, min_scale, one_pass)
+    else:
+        _check_sizes(size, presize, min_scale)
+        spec = InputSpec.for_training(size, presize, cached=True)
+        if presize_cache.side != spec.item_side:
+            raise PetbreedsError(f"the cache holds items of {presize_cache.side} pixels, but size {size} from presize {presize} needs {spec.item_side}",
+                                 "open the cache with the same size and presize (see `petbreeds.cache.open_cache`)")
+        tfms = spec_tfms(spec, min_scale, one_pass, fused)
+    return _labelled_block(tfms, target, valid_pct, seed, presize_cache, get_items, fused)
+
 
 # %% ../nbs/01_data.ipynb #a8f2bb5c
 def pets_dataloaders(path:str|Path=None, # Folder of Pets-style images (default: `get_pets()`)
@@ -293,61 +318,53 @@ def pets_dataloaders(path:str|Path=None, # Folder of Pets-style images (default:
                      for_training:bool=True, # Refuse a split or batch size that can't train (evaluation needs neither)
                      **kwargs # Passed to `DataBlock.dataloaders`
                     ):
-    "The chapter's DataLoaders for Pets: presized, augmented on the device, ImageNet-normalised"
-    least = 2 if for_training else 1
-    if not isinstance(bs, int) or isinstance(bs, bool) or bs < least:
-        why = " (the new head's BatchNorm needs two images a batch)" if for_training else ''
-        raise PetbreedsError(f"batch size must be a whole number of at least {least}{why}, got {bs!r}", f"pass e.g. --bs {DEFAULTS.bs}")
+    "The chapter's DataLoaders for Pets: presized, augmented on the device, ImageNet-normalised, built from (and carrying) their `InputSpec`"
+    if for_training: check_option('bs', bs)
+    elif not isinstance(bs, int) or isinstance(bs, bool) or bs < 1: raise PetbreedsError(f"batch size must be a whole number of at least 1, got {bs!r}", f"pass e.g. --bs {DEFAULTS.bs}")
     _check_valid_pct(valid_pct)
     _check_sizes(size, presize, min_scale)
+    if presize is None: raise PetbreedsError("pets_dataloaders presizes every item, but presize is None", f"pass a presize, e.g. {DEFAULTS.presize}")
+    spec = InputSpec.for_training(size, presize, cached=cache)   # first: the cache, the transforms and the model file follow it
     path = Path(path) if path is not None else get_pets()
-    items = get_pet_images(path, label_func(target)) if items is None else list(items)
+    items = get_pet_images(path, PetsLabeller(target)) if items is None else list(items)
+    _check_split(len(items), bs, valid_pct, path, for_training)   # before the cache is built
     store = None
     if cache:
-        if presize is None: raise PetbreedsError("the cache stores presized images, but presize is None", "pass a presize, or cache=False")
         from petbreeds.cache import open_cache
-        store, items = open_cache(items, size, presize, progress=progress)
-    n_valid = int(valid_pct * len(items))   # as fastai's RandomSplitter counts it
-    if for_training and n_valid == 0:
-        raise PetbreedsError(f"a validation share of {valid_pct} of the {len(items)} images in '{path}' is no image at all",
-                             f"use --valid-pct {math.ceil(100 / len(items)) / 100} or more, or more images")
-    n_train = len(items) - n_valid
-    if for_training and n_train < 2:
-        raise PetbreedsError(f"only {n_train} of the {len(items)} images in '{path}' are left for training", "use a smaller --valid-pct, or more images")
-    if n_train < bs:
-        raise PetbreedsError(f"batch size {bs} is larger than the {n_train} training images in '{path}'",
-                             f"use --bs {2 ** (n_train.bit_length() - 1)} or less, or more images")
-    block = pets_block(size, presize, min_scale, target, valid_pct, seed, presize_cache=store, one_pass=one_pass, get_items=None, fused=fused)
+        store, items = open_cache(items, spec.size, presize, progress=progress)   # items of `spec.item_side` pixels
+        _check_split(len(items), bs, valid_pct, path, for_training)   # the cache leaves out files it can't decode
+    block = _labelled_block(spec_tfms(spec, min_scale, one_pass, fused), target, valid_pct, seed, store, None, fused)
     if num_workers is None and cache: num_workers = 0   # reading the cache is cheaper than passing batches between processes
     if num_workers is not None: kwargs['num_workers'] = num_workers
     dev = get_device(device or 'auto')
     if dev.type == 'cuda': kwargs.setdefault('pin_memory', True)   # page-locked batches copy to the GPU asynchronously
     dls = block.dataloaders(items, bs=bs, device=dev, path=path, **kwargs)
-    dls.input_spec = InputSpec.for_training(size, presize, cached=cache)   # the one fact petbreeds adds to fastai's objects
+    dls.input_spec = spec   # the spec the transforms were made from: the one fact petbreeds adds to fastai's objects
     return dls
 
+def _check_split(n, bs, valid_pct, path, for_training):
+    "Refuse a split of `n` images, or a batch size, that would leave a set without a batch"
+    n_valid = int(valid_pct * n)   # as fastai's RandomSplitter counts it
+    if for_training and n_valid == 0:
+        raise PetbreedsError(f"a validation share of {valid_pct} of the {n} images in '{path}' is no image at all",
+                             f"use --valid-pct {math.ceil(100 / n) / 100} or more, or more images")
+    n_train = n - n_valid
+    if for_training and n_train < 2:
+        raise PetbreedsError(f"only {n_train} of the {n} images in '{path}' are left for training", "use a smaller --valid-pct, or more images")
+    if n_train < bs:
+        raise PetbreedsError(f"batch size {bs} is larger than the {n_train} training images in '{path}'",
+                             f"use --bs {2 ** (n_train.bit_length() - 1)} or less, or more images")
+
+
 # %% ../nbs/01_data.ipynb #96ad38c2
-def _find_tfm(pipeline, name):
-    return next((t for t in pipeline.fs if type(t).__name__ == name), None)
-
-def _square(size):
-    if isinstance(size, int): return size
-    a, b = size
-    if a != b: raise PetbreedsError(f"the model was trained on {a}x{b} images; petbreeds models are square", "train with one --size")
-    return int(a)
-
 def input_spec_of(dls) -> InputSpec:
-    "How the validation set of `dls` prepares an image: `dls.input_spec`, or read from its transforms"
+    "The `InputSpec` `dls` were built from: `dls.input_spec`, or the one their transforms were made from (`spec_tfms`)"
     spec = getattr(dls, 'input_spec', None)
-    if spec is not None: return spec
-    norm = _find_tfm(dls.train.after_batch, 'Normalize')
-    if norm is None: raise PetbreedsError("the learner's DataLoaders have no Normalize transform", "build them with pets_dataloaders or presizing_tfms")
-    resize = _find_tfm(dls.train.after_item, 'Resize')
-    if resize is None: raise PetbreedsError("the learner's DataLoaders have no Resize item transform", "build them with pets_dataloaders or presizing_tfms")
-    sized = [t for t in dls.train.after_batch.fs if getattr(t, 'size', None) is not None]
-    side = _square(resize.size)
-    return InputSpec(_square(sized[0].size) if sized else side, side, 'crop_then_resize',
-                     [round(float(v), 6) for v in norm.mean.flatten()], [round(float(v), 6) for v in norm.std.flatten()])   # float32 back to the stats given
+    if spec is None: spec = next((t.input_spec for t in dls.train.after_batch.fs if isinstance(getattr(t, 'input_spec', None), InputSpec)), None)
+    if spec is None:
+        raise PetbreedsError("these DataLoaders were not built from an InputSpec, so how they prepare an image is unknown",
+                             "build them with pets_dataloaders, or give your DataBlock presizing_tfms(size, presize) or spec_tfms(spec)")
+    return spec
 
 # %% ../nbs/01_data.ipynb #3e3c8140
 @dataclass

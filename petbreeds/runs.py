@@ -25,11 +25,7 @@ from .options import DEFAULTS, DEMO, TrainConfig  # noqa: F401 (TrainConfig, DEM
 
 # %% ../nbs/06_runs.ipynb #d99ce13b
 def check_config(cfg:TrainConfig) -> TrainConfig:
-    "Refuse options that can't work on this machine and these files, before any work starts"
-    if cfg.epochs + cfg.freeze_epochs == 0: raise PetbreedsError("epochs and freeze_epochs are both 0: nothing to train", "pass --epochs 1 or more")
-    if cfg.sizes and cfg.sizes[-1] > cfg.presize:
-        raise PetbreedsError(f"size {cfg.sizes[-1]} in --sizes is larger than the presize {cfg.presize}: the batch crop would have to enlarge the image",
-                             f"use --presize {cfg.sizes[-1]} or more, or smaller sizes")
+    "Refuse options that can't work on this machine and these files, before any work starts (`TrainConfig` has checked each value)"
     from petbreeds.learner import get_arch
     get_arch(cfg.arch)
     get_precision(cfg.precision, get_device(cfg.device))
@@ -130,7 +126,7 @@ def resume_at(out:Path, stages:list) -> tuple:
 def claim_run_folder(out:Path, resume_run:bool=False):
     "Make `out` this process's run folder, locked until the process ends: new or empty, or the run being resumed"
     if out.exists() and not out.is_dir(): raise PetbreedsError(f"'{out}' is a file, not a run folder", "choose a new --out folder")
-    if not resume_run and out.is_dir() and any(out.iterdir()):
+    if not resume_run and out.is_dir() and any(p.name != LOCK for p in out.iterdir()):   # a lone lock: a run that stopped before writing anything
         raise PetbreedsError(f"'{out}' already holds files", "resume the run there, or choose a new run folder")
     out.mkdir(parents=True, exist_ok=True)
     lock = open(out/LOCK, 'w')
@@ -335,7 +331,7 @@ def evaluate_model(model_file:str|Path, # A model.safetensors from a run
                    out:str|Path=None, # Where to write the plots and tables; default: `evaluation/` beside the model
                    bs:int=DEFAULTS.bs, num_workers:int=None, device:str='auto') -> dict:
     "Evaluate a saved model on its validation split or on a labelled folder; write the results to `out`"
-    from petbreeds.data import get_pet_images, label_func, pets_dataloaders
+    from petbreeds.data import PetsLabeller, get_pet_images, pets_dataloaders
     from petbreeds.model_file import load_model, load_weights
     from petbreeds.interpret import evaluate, write_evaluation
     from petbreeds.learner import pets_learner
@@ -347,7 +343,7 @@ def evaluate_model(model_file:str|Path, # A model.safetensors from a run
     opts = run['options'] if same_split else {}
     target = _target(meta)
     spec = InputSpec.from_dict(meta['input'])   # the model's own: the cache or not, the item side and size
-    items = get_pet_images(images, label_func(target))
+    items = get_pet_images(images, PetsLabeller(target))
     valid_pct = opts.get('valid_pct', DEFAULTS.valid_pct)
     n_train = len(items) - int(valid_pct * len(items))
     # the same validation pipeline the model was trained with, and the same split
@@ -367,12 +363,12 @@ def validation_images(model_file:str|Path, # A model.safetensors in its run fold
                       fix:str="pass a folder of images" # What the user can do instead, if the run folder can't tell
                      ) -> list:
     "The images the run that wrote `model_file` validated on: its images folder, split as it was split"
-    from petbreeds.data import PetsSplitter, get_pet_images, label_func
+    from petbreeds.data import PetsLabeller, PetsSplitter, get_pet_images
     from petbreeds.model_file import read_model_meta
     model_file = Path(model_file)
     meta = read_model_meta(model_file)
     run = _run_of(model_file)
     images = _trained_on(model_file, run, fix)
-    items = get_pet_images(images, label_func(_target(meta)))
+    items = get_pet_images(images, PetsLabeller(_target(meta)))
     opts = run['options']
     return [items[i] for i in PetsSplitter(opts['valid_pct'], opts['seed'])(items)[1]]   # the split the run validated on
