@@ -6,7 +6,7 @@ The floors, from the ground up (a module may import its own floor and those belo
   1  input_spec, options, backbones            how an image becomes the input; every training option; which architectures
   2  inference                                 the model file and the fastai-free predictor (a leaf: serving ships it alone)
   2  demo                                      the demo's synthetic pets and stand-in weights
-  3  cache, data, explain                      files -> presized batches; where a model looks (Grad-CAM)
+  3  cache, data, explain, tracking            files -> presized batches; where a model looks (Grad-CAM); the run's loggers
   4  learner                                   the learner, its schedule, checkpoints, saving the model
   5  interpret, chapter                        reading a trained model; the chapter's lessons
   6  runs                                      one whole run
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-FLOOR = {'core': 0, 'input_spec': 1, 'options': 1, 'backbones': 1, 'inference': 2, 'demo': 2, 'cache': 3, 'data': 3, 'explain': 3, 'learner': 4,
+FLOOR = {'core': 0, 'input_spec': 1, 'options': 1, 'backbones': 1, 'inference': 2, 'demo': 2, 'cache': 3, 'data': 3, 'explain': 3, 'tracking': 3, 'learner': 4,
          'interpret': 5, 'chapter': 5, 'runs': 6, 'cli': 7}
 OPTIONAL = {'serve': 7, 'distributed': 5, 'augment': 3}   # floors of modules that other work adds
 
