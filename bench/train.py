@@ -33,7 +33,7 @@ def epoch_seconds(learn, lr=1e-3):
 def cpu_bench(args, images):
     from fastai.vision.all import error_rate, resnet18, vision_learner
     from petbreeds.data import pets_dataloaders
-    from petbreeds.learner import pets_learner
+    from petbreeds.learner import pets_learner, precision_of
     book = book_dataloaders(images, args.bs, args.size, args.presize, None)
     book_learn = vision_learner(book, resnet18, metrics=error_rate, path=tempfile.mkdtemp())
     ours = pets_dataloaders(images, bs=args.bs, size=args.size, presize=args.presize, device='cpu', progress=False)
@@ -47,11 +47,11 @@ def cpu_bench(args, images):
         train_ips.append(len(ours.train) * args.bs / timer.seconds)
         model_ips.append(model_only_cpu(our_learn, args.bs, args.size))
     n = len(ours.train_ds) + len(ours.valid_ds)
-    precisions = {'book': 'fp32', 'petbreeds': our_learn.precision}   # the book's learner has no mixed precision on a CPU
+    precisions = {'book': 'fp32', 'petbreeds': precision_of(our_learn)}   # the book's learner has no mixed precision on a CPU
     for k, v in times.items(): print(f"resnet18 @{args.size}, one epoch of {n} images, {k:10s} ({precisions[k]}) seconds {summary(v)}")
     fraction = statistics.median(a / b for a, b in zip(train_ips, model_ips))
     print(f"CPU: petbreeds' training images/s {summary(train_ips)}; model-only images/s {summary(model_ips)}; "
-          f"fraction of model-only {fraction:.2f} (same model, batch, size, {our_learn.precision}, one round each, alternating)")
+          f"fraction of model-only {fraction:.2f} (same model, batch, size, {precisions['petbreeds']}, one round each, alternating)")
     return statistics.median(times['book']) / statistics.median(times['petbreeds'])
 
 def TrainingTime():
@@ -66,10 +66,11 @@ def TrainingTime():
 def model_only_cpu(learn, bs, size, steps=8):
     "Training images/s of `learn`'s model on one batch already in memory: forward, backward, an Adam step, in the learner's precision"
     import torch
+    from petbreeds.learner import precision_of
     model = learn.model.train()
     opt = torch.optim.Adam(model.parameters(), 1e-5)
     x, y = torch.randn(bs, 3, size, size), torch.randint(0, 37, (bs,))
-    bf16 = getattr(learn, 'precision', 'fp32') == 'bf16'
+    bf16 = precision_of(learn) == 'bf16'
     def step():
         with torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf16): out = model(x)
         loss = torch.nn.functional.cross_entropy(out.float(), y); opt.zero_grad(set_to_none=True); loss.backward(); opt.step()

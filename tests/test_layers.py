@@ -7,7 +7,7 @@ The floors, from the ground up (a module may import its own floor and those belo
   2  model_file                                the safetensors model file: its metadata, writing, reading, rebuilding the network
   3  inference                                 the fastai-free predictor (with the floors below it, what serving ships)
   3  demo                                      the demo's synthetic pets and stand-in weights
-  4  cache, data, explain                      files -> presized batches; where a model looks (Grad-CAM)
+  4  cache, data, explain, tracking            files -> presized batches; where a model looks (Grad-CAM); the run's loggers
   5  learner                                   the learner, its schedule, checkpoints, saving the model
   6  interpret, chapter                        reading a trained model; the chapter's lessons
   7  runs                                      one whole run
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-FLOOR = {'core': 0, 'input_spec': 1, 'options': 1, 'backbones': 1, 'model_file': 2, 'inference': 3, 'demo': 3, 'cache': 4, 'data': 4, 'explain': 4,
+FLOOR = {'core': 0, 'input_spec': 1, 'options': 1, 'backbones': 1, 'model_file': 2, 'inference': 3, 'demo': 3, 'cache': 4, 'data': 4, 'explain': 4, 'tracking': 4,
          'learner': 5, 'interpret': 6, 'chapter': 6, 'runs': 7, 'serve': 8, 'export': 9, 'cli': 10}
 OPTIONAL = {'distributed': 6, 'augment': 4}   # floors of modules that other work adds
 
