@@ -23,7 +23,7 @@ py_versions = [v for v in ['3.11', '3.12', '3.13'] if Version(v) >= Version(min_
 
 def reqs(key): return cfg.get(key, '').split()
 
-EXTRAS = ('onnx', 'serve', 'timm', 'distributed')   # each has a `<name>_requirements` line in settings.ini
+EXTRAS = ('onnx', 'serve', 'timm', 'weights', 'distributed')   # each has a `<name>_requirements` line in settings.ini
 
 setuptools.setup(
     name=cfg['lib_name'],
@@ -45,7 +45,7 @@ setuptools.setup(
     include_package_data=True,
     python_requires='>=' + min_python,
     install_requires=reqs('requirements'),
-    extras_require={'dev': reqs('dev_requirements') + [r for extra in EXTRAS for r in reqs(f'{extra}_requirements')],
+    extras_require={'dev': list(dict.fromkeys(reqs('dev_requirements') + [r for extra in EXTRAS for r in reqs(f'{extra}_requirements')])),   # once each
                     **{extra: reqs(f'{extra}_requirements') for extra in EXTRAS}},
     entry_points={
         'console_scripts': reqs('console_scripts'),
