@@ -316,15 +316,16 @@ def pets_dataloaders(path:str|Path=None, # Folder of Pets-style images (default:
                      progress:bool=True, # Show a progress bar while the cache is built
                      items:list=None, # The files to use, if already listed with `get_pet_images(path)`
                      for_training:bool=True, # Refuse a split or batch size that can't train (evaluation needs neither)
+                     stats:tuple=IMAGENET_STATS, # The (mean, std) to normalise with: what the pretrained weights were trained on (`petbreeds.backbones.arch_stats`)
                      **kwargs # Passed to `DataBlock.dataloaders`
                     ):
-    "The chapter's DataLoaders for Pets: presized, augmented on the device, ImageNet-normalised, built from (and carrying) their `InputSpec`"
+    "The chapter's DataLoaders for Pets: presized, augmented on the device, normalised with `stats`, built from (and carrying) their `InputSpec`"
     if for_training: check_option('bs', bs)
     elif not isinstance(bs, int) or isinstance(bs, bool) or bs < 1: raise PetbreedsError(f"batch size must be a whole number of at least 1, got {bs!r}", f"pass e.g. --bs {DEFAULTS.bs}")
     _check_valid_pct(valid_pct)
     _check_sizes(size, presize, min_scale)
     if presize is None: raise PetbreedsError("pets_dataloaders presizes every item, but presize is None", f"pass a presize, e.g. {DEFAULTS.presize}")
-    spec = InputSpec.for_training(size, presize, cached=cache)   # first: the cache, the transforms and the model file follow it
+    spec = InputSpec.for_training(size, presize, cached=cache, mean=stats[0], std=stats[1])   # first: the cache, the transforms and the model file follow it
     path = Path(path) if path is not None else get_pets()
     items = get_pet_images(path, PetsLabeller(target)) if items is None else list(items)
     _check_split(len(items), bs, valid_pct, path, for_training)   # before the cache is built

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .core import (SPECIES, PetbreedsError, RankInfo, get_device, get_precision, library_versions, rank_info,
                             seed_everything, write_json)
+from .backbones import arch_stats
 from .input_spec import InputSpec
 from .options import DEFAULTS, DEMO, TrainConfig  # noqa: F401 (TrainConfig, DEMO re-exported: a run's options)
 
@@ -179,7 +180,8 @@ def prepare(cfg:TrainConfig=None, out:str|Path=None, resume_run:bool=False, prog
     def dls_at(size):
         with _first_on_each_machine(me):   # one process per machine builds the cache at a new size
             return pets_dataloaders(images, bs=cfg.bs, valid_pct=cfg.valid_pct, seed=cfg.seed, size=size, presize=cfg.presize, min_scale=cfg.min_scale,
-                                    target=cfg.target, num_workers=cfg.num_workers, device=device, progress=progress and me.is_main)
+                                    target=cfg.target, num_workers=cfg.num_workers, device=device, progress=progress and me.is_main,
+                                    stats=arch_stats(cfg.arch))   # normalised as the arch's pretrained weights were trained
     with _first_on_each_machine(me):
         images, weights = _images(cfg)   # first: building the demo's stand-ins (once per machine) uses the random generators
     if me.is_main and say is not None and weights is not None: say(weights['note'])
@@ -339,7 +341,7 @@ def evaluate_model(model_file:str|Path, # A model.safetensors from a run
     # the same validation pipeline the model was trained with, and the same split
     dls = pets_dataloaders(images, bs=max(1, min(bs, n_train)), valid_pct=valid_pct, seed=opts.get('seed', DEFAULTS.seed), size=spec.size,
                            presize=spec.item_side, target=target, num_workers=num_workers, device=device,
-                           cache=spec.cached, progress=False, items=items, for_training=False)
+                           cache=spec.cached, progress=False, items=items, for_training=False, stats=(spec.mean, spec.std))
     dl = dls.valid if same_split else dls.test_dl(list(dls.train_ds.items) + list(dls.valid_ds.items), with_labels=True)
     learn = pets_learner(dls, meta['arch'], weights='none', precision='fp32')
     load_weights(learn.model, state, meta['arch'])
