@@ -27,7 +27,7 @@ import torch
 import torchvision
 from PIL import Image, ImageDraw, ImageFilter
 
-from .backbones import TIMM_PICKS, cached_weights, is_timm, weights_location, weights_repo
+from .backbones import STANDIN_MARK, TIMM_PICKS, cached_weights, is_timm, weights_location, weights_repo
 from .core import BREEDS, CAT_BREEDS, PetbreedsError, data_home, get_precision, replace_when_done
 from .input_spec import IMAGENET_STATS
 
@@ -174,7 +174,7 @@ def standin_file(arch:str) -> Path:
     return standin_home()/'hub'/'checkpoints'/_torchvision_name(arch)
 
 def _torchvision_name(arch:str) -> str: return weights_location(arch).rsplit('/', 1)[-1]   # e.g. resnet34-b627a593.pth
-def _marker(f:Path) -> Path: return f.with_name(f.name + '.standin.json')   # beside every stand-in: what it is, how it was made
+def _marker(f:Path) -> Path: return f.with_name(f.name + STANDIN_MARK)   # beside every stand-in: what it is, how it was made
 
 # %% ../nbs/00c_demo.ipynb #92df6463
 def _shape_pattern_task(n_per_class, size, rng):

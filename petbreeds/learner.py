@@ -279,9 +279,11 @@ def arch_name(learn:Learner) -> str:
     arch = getattr(learn, 'arch', None)
     return arch if isinstance(arch, str) else getattr(arch, '__name__', repr(arch))
 
-def save_model(learn:Learner, path:str|Path, metrics:dict=None) -> Path:
+def save_model(learn:Learner, path:str|Path, metrics:dict=None,
+               weights:str=None # Where its starting weights came from (`petbreeds.backbones.weights_origin`), recorded in the file
+              ) -> Path:
     "Write `learn`'s model as a petbreeds model file: safetensors weights, metadata in the header"
     arch = arch_name(learn)
     try: check_arch(arch)
     except PetbreedsError: raise PetbreedsError(f"can't save a model of architecture {arch!r}", "build it with pets_learner from a torchvision ResNet or a timm name") from None
-    return write_model_file(path, learn.model.state_dict(), model_meta(arch, learn.dls.vocab, input_spec_of(learn.dls), metrics))
+    return write_model_file(path, learn.model.state_dict(), model_meta(arch, learn.dls.vocab, input_spec_of(learn.dls), metrics, weights))

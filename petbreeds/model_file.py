@@ -27,13 +27,14 @@ READABLE_VERSIONS = (1, 2)   # 1: the input spec called its item side 'presize'
 def model_meta(arch:str, # A torchvision ResNet or a timm name
                vocab:list, # The class names, in the order of the model's outputs
                spec:InputSpec, # How images were prepared for the model
-               metrics:dict=None # Training metrics to record
+               metrics:dict=None, # Training metrics to record
+               weights:str=None # Where the network's starting weights came from (`petbreeds.backbones.weights_origin`)
               ) -> dict:
     "Everything besides the weights that a predictor needs"
     vocab = [str(v) for v in vocab]
     return {'format': MODEL_FORMAT, 'format_version': FORMAT_VERSION, 'arch': arch, 'vocab': vocab, 'species': species_of_classes(vocab),
             'input': spec.to_dict(), 'metrics': metrics or {}, 'versions': library_versions(),
-            'created': datetime.now(timezone.utc).isoformat(timespec='seconds')}
+            'created': datetime.now(timezone.utc).isoformat(timespec='seconds'), **({'weights': weights} if weights else {})}
 
 # %% ../nbs/00f_model_file.ipynb #9dbe5264
 def write_model_file(path:str|Path, # The .safetensors file to write

