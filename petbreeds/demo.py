@@ -27,7 +27,8 @@ import torch
 import torchvision
 from PIL import Image, ImageDraw, ImageFilter
 
-from .backbones import STANDIN_MARK, TIMM_PICKS, cached_weights, is_timm, weights_location, weights_repo
+from .backbones import (STANDIN_MARK, TIMM_PICKS, cached_weights, is_timm, packaged_weights, weights_location, weights_origin,
+                                  weights_repo)
 from .core import BREEDS, CAT_BREEDS, PetbreedsError, data_home, get_precision, replace_when_done
 from .input_spec import IMAGENET_STATS
 
@@ -281,8 +282,10 @@ def fetch_weights(url:str, dest:str|Path, hash_prefix:str=None, timeout:float=10
     return Path(dest)
 
 def demo_weights(arch:str, timeout:float=10.) -> dict:
-    "Make the best ImageNet weights this machine can have for `arch` the ones torchvision loads: real (cached or downloaded), else stand-ins"
+    "The best ImageNet weights this machine can have for `arch`: real (an installed package's, or torchvision's cached or downloaded, made the ones it loads), else stand-ins"
     hub, why = Path(torch.hub.get_dir()).resolve(), None
+    if packaged_weights(arch) is not None:   # real ImageNet weights shipped in a package: nothing to build or download
+        return {'weights': 'imagenet', 'file': str(packaged_weights(arch)), 'note': f"real weights for {arch}: {weights_origin(arch)}"}
     if is_timm(arch): why = "timm's weights come through the Hugging Face hub; the demo uses stand-ins for them"
     elif hub == standin_home()/'hub': why = "torch is pointed at the stand-ins"
     else:
