@@ -188,8 +188,8 @@ def _announce(cfg, out, start, resumed):
     "What the run is about to do, once its options are checked and its folder claimed (process 0 only)"
     if resumed and start == (0, 0): print(f"petbreeds: the run in {out} has no finished epoch: starting it again, with its saved options", file=sys.stderr)
     elif resumed: print(f"petbreeds: resuming the run in {out} after its last checkpoint, with its saved options", file=sys.stderr)
-    elif cfg.demo: print("petbreeds: demo: synthetic pet images, small sizes for a CPU; ImageNet weights if this machine has them "
-                         "or can download them, else stand-ins (the first run on a machine builds them)", file=sys.stderr)
+    elif cfg.demo: print(f"petbreeds: demo: synthetic pet images, {cfg.arch} at {cfg.size} pixels for a CPU, from the best pretrained weights "
+                         "this machine has (real ImageNet ones where installed or downloadable, else stand-ins)", file=sys.stderr)
 
 def _say(line:str): print(f"petbreeds: {line}", file=sys.stderr)
 

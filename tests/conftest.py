@@ -11,6 +11,11 @@ import offline  # noqa: E402
 
 offline.install()
 
+# The demo on the fast resnet18 stand-ins: for tests of the machinery (runs, resuming, serving, errors), which need a model, not
+# real features. `petbreeds train --demo` itself starts from the real packaged Lite0 weights where installed (as in CI): the tests
+# that are about the demo a user runs (tests/test_train.py's demo_run, tests/test_real_weights.py) use plain --demo.
+STANDIN_DEMO = ('--demo', '--arch', 'resnet18')
+
 @pytest.fixture(scope='session')
 def subprocess_env(tmp_path_factory):
     "Environment for subprocesses: offline too, a private PETBREEDS_HOME, stand-in weights' TORCH_HOME"

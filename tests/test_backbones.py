@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import STANDIN_DEMO
 
 from petbreeds.demo import standin_file, use_standin_weights
 from petbreeds.testing import synthetic_pets
@@ -101,7 +102,7 @@ def test_archs_lists_the_picks_and_where_their_weights_are(hub_env):
 
 def test_recipe_options_train_from_the_command_line(subprocess_env, tmp_path):
     "--demo --recipe strong: the demo's sizes and model, the recipe's label smoothing; --mixup on top; each recorded with the run"
-    res = petbreeds_cmd('train', '--demo', '--recipe', 'strong', '--mixup', 0.4, '--epochs', 1, '--freeze-epochs', 0, '--out', tmp_path/'run', env=subprocess_env)
+    res = petbreeds_cmd('train', *STANDIN_DEMO, '--recipe', 'strong', '--mixup', 0.4, '--epochs', 1, '--freeze-epochs', 0, '--out', tmp_path/'run', env=subprocess_env)
     assert res.returncode == 0, res.stderr
     options = json.loads((tmp_path/'run'/'metrics.json').read_text())['options']
     assert (options['recipe'], options['arch'], options['size'], options['label_smoothing'], options['mixup'], options['epochs']) == ('strong', 'resnet18', 64, 0.1, 0.4, 1)

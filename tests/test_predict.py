@@ -22,7 +22,7 @@ def model(tmp_path_factory):
     root = tmp_path_factory.mktemp('model')
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv('PETBREEDS_HOME', str(root/'home'))
-        train(TrainConfig(demo=True, num_workers=0, epochs=1), out=root/'run', progress='none', report=False)
+        train(TrainConfig(demo=True, arch='resnet18', num_workers=0, epochs=1), out=root/'run', progress='none', report=False)
     images = synthetic_pets(root/'new', per_class=1, size=96, seed=11, quirks=True)
     return root/'run'/'model.safetensors', images
 

@@ -122,3 +122,33 @@ def test_a_run_on_packaged_weights_normalises_as_they_were_trained(tmp_path):
     np.testing.assert_allclose(spec['mean'], mean); np.testing.assert_allclose(spec['std'], std)
     ev = evaluate_model(tmp_path/'run'/'model.safetensors', out=tmp_path/'ev', num_workers=0, device='cpu')
     assert 0 <= ev['error_rate'] <= 1
+
+def _as_petbreeds_network(model):
+    "timm's whole ImageNet classifier laid out as petbreeds' networks are, (body, head), so that `petbreeds.explain.grad_cam` reads its feature map"
+    import torch.nn as nn
+    class Body(nn.Module):
+        def __init__(self, m): super().__init__(); self.m = m
+        def forward(self, x): return self.m.forward_features(x)
+    class Head(Body):
+        def forward(self, x): return self.m.forward_head(x)
+    return nn.Sequential(Body(model), Head(model)).eval()
+
+# Where the animals are in the centre square the model sees, as fractions of its side (rows top to bottom, columns left to right),
+# measured once by eye on petbreeds' own overlays of the two photos: the tabby's face fills the square's middle; darknet's dog sits
+# at the lower left, with a bicycle (an ImageNet class too) across the rest of the square.
+CAT_BOX, DOG_BOX = ((0.15, 1.0), (0.1, 0.9)), ((0.43, 0.98), (0.05, 0.39))
+
+@pytest.mark.parametrize('photo,box,classes', [('cat', CAT_BOX, CATS), ('dog', DOG_BOX, DOGS)])
+def test_grad_cam_of_the_imagenet_head_peaks_on_the_animal(photo, box, classes, request):
+    "petbreeds' Grad-CAM, on the packaged Lite0 weights and their own ImageNet head: the top class is the animal, and its map peaks inside it"
+    from petbreeds.explain import grad_cam
+    from petbreeds.input_spec import InputSpec, prepare_image
+    arch = 'tf_efficientnet_lite0'
+    img = request.getfixturevalue(photo)
+    net = _as_petbreeds_network(imagenet_classifier(arch))
+    cam, c, p = grad_cam(net, prepare_image(img, InputSpec(SIZE, SIZE, 'crop_then_resize', *arch_stats(arch))))
+    assert c in classes, (photo, c, p)
+    r, q = np.unravel_index(cam.argmax(), cam.shape)
+    (top, bottom), (left, right) = box
+    row, col = (r + 0.5) / cam.shape[0], (q + 0.5) / cam.shape[1]   # the centre of the peak's cell
+    assert top <= row <= bottom and left <= col <= right, (photo, row, col, box)

@@ -10,6 +10,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import STANDIN_DEMO
 from PIL import Image
 
 from test_cli import BIN, assert_one_line_error, petbreeds_cmd
@@ -63,7 +64,7 @@ def top_label(model, path) -> str:
 def demo_model(tmp_path_factory, subprocess_env):
     "A demo model: one frozen epoch on the synthetic kit, with stand-in weights"
     out = tmp_path_factory.mktemp('serve_model')/'run'
-    res = petbreeds_cmd('train', '--demo', '--epochs', 0, '--freeze-epochs', 1, '--out', out, env=subprocess_env)
+    res = petbreeds_cmd('train', *STANDIN_DEMO, '--epochs', 0, '--freeze-epochs', 1, '--out', out, env=subprocess_env)
     assert res.returncode == 0, res.stderr
     return out/'model.safetensors'
 
