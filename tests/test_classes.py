@@ -34,6 +34,7 @@ def predictor_answers(model, files) -> dict:
     from petbreeds.inference import Predictor
     return {str(f): r for f, r in zip(files, Predictor.from_file(model).predict(files, top_k=len(CLASSES)))}
 
+@pytest.mark.hostile
 def test_predict_a_folder_to_csv_with_a_broken_file(custom, subprocess_env, tmp_path):
     from petbreeds.testing import folder_digest
     before = folder_digest(custom['photos'])
@@ -58,6 +59,7 @@ def test_predict_a_folder_to_csv_with_a_broken_file(custom, subprocess_env, tmp_
     assert not any(c.startswith(('=', '+', '-', '@')) for c in cells), cells
     assert folder_digest(custom['photos']) == before   # the data folder is as it was
 
+@pytest.mark.hostile
 def test_predict_lines_and_json_follow_the_models_classes(custom, subprocess_env):
     photo = custom['photos']/'luna'/'pug_1.jpg'
     want = predictor_answers(custom['model'], [photo])[str(photo)]
@@ -75,6 +77,7 @@ def test_explain_on_a_custom_class_model(custom, subprocess_env, tmp_path):
     top = predictor_answers(custom['model'], [photo])[str(photo)]['predictions'][0]['label']
     assert res.stdout.startswith(f"{photo}: {top} ") and (tmp_path/'pictures'/'pug_1.gradcam.png').is_file(), res.stdout
 
+@pytest.mark.hostile
 def test_the_space_lists_the_models_classes(custom, subprocess_env, tmp_path):
     res = petbreeds_cmd('export', custom['model'], '--space', tmp_path/'space', env=subprocess_env, timeout=300)
     assert res.returncode == 0, res.stderr
@@ -83,6 +86,7 @@ def test_the_space_lists_the_models_classes(custom, subprocess_env, tmp_path):
     assert '**Classes** (4): **Кошка Мурка**, **柴犬**, **&lt;img src=x onerror=alert\\(1\\)&gt;**, **=HYPERLINK\\(&quot;http\\://example\\.com&quot;,&quot;click&quot;\\)**' in readme, readme
     assert '<img' not in readme and not (tmp_path/'space'/'examples').exists()   # a bare model file: no run, no examples
 
+@pytest.mark.hostile
 def test_browser_shows_custom_class_names_as_text(custom, subprocess_env, tmp_path):
     "The page of a model whose classes are Cyrillic, Japanese, HTML and a formula: names shown as written, no script run"
     import playwright.sync_api as playwright
