@@ -6,8 +6,8 @@
 __all__ = ['PREDICT_BATCH', 'UsageError', 'positive_int', 'option_type', 'out_folder', 'build_parser', 'subcommand',
            'run_download', 'add_download', 'run_check', 'add_check', 'run_archs', 'add_archs', 'config_from_args',
            'run_train', 'add_train', 'run_lr_find', 'add_lr_find', 'run_evaluate', 'add_evaluate', 'image_suffixes',
-           'image_paths', 'prediction_columns', 'prediction_row', 'run_predict', 'add_predict', 'run_explain',
-           'add_explain', 'run_export', 'add_export', 'tcp_port', 'run_serve', 'add_serve', 'main']
+           'image_paths', 'prediction_columns', 'prediction_row', 'printable', 'run_predict', 'add_predict',
+           'run_explain', 'add_explain', 'run_export', 'add_export', 'tcp_port', 'run_serve', 'add_serve', 'main']
 
 # %% ../nbs/07_cli.ipynb #954544b8
 import argparse
@@ -332,14 +332,17 @@ def prediction_row(result:dict, columns:list) -> list:
     return [spreadsheet_safe(cells.get(c, '')) for c in columns]
 
 # %% ../nbs/07_cli.ipynb #52046092
+def printable(text) -> str:
+    "`text` for a terminal: its control characters (a class or file name may hold escape sequences) written out as `\\x1b`, never sent"
+    return ''.join(ch if ch.isprintable() else ch.encode('unicode_escape', 'backslashreplace').decode('ascii') for ch in str(text))
+
 def _show(r:dict, as_json:bool, out):
-    "Print one result to `out`: a JSON line, or `image: label p, ...` (its error goes to stderr in any case)"
-    if 'error' in r: print(f"petbreeds: error: {r['error']}", file=sys.stderr)
+    "Print one result to `out`: a JSON line, or `image: label p, ...` (nothing for an error, unless as JSON)"
     if as_json: print(json.dumps(r), file=out)
     elif 'error' not in r:
-        top = ', '.join(f"{p['label']} {p['probability']:.3f}" for p in r['predictions'])
+        top = ', '.join(f"{printable(p['label'])} {p['probability']:.3f}" for p in r['predictions'])
         species = f" ({r['species']} {r['species_probability']:.3f})" if 'species' in r else ''
-        print(f"{r['image']}: {top}{species}", file=out)
+        print(f"{printable(r['image'])}: {top}{species}", file=out)
 
 def run_predict(args) -> int:
     from petbreeds.inference import Predictor
@@ -347,7 +350,7 @@ def run_predict(args) -> int:
     images, empty = image_paths(args.images)
     for line in empty: print(f"petbreeds: error: {line}", file=sys.stderr)
     top_k, species = min(args.top_k, len(predictor.vocab)), all(s is not None for s in predictor.species)
-    out, failed = sys.stdout, len(empty)
+    out, failed, later = sys.stdout, len(empty), []   # with a bar, the error lines wait for it to finish
     bar = sys.stderr.isatty() and (args.csv is not None or not out.isatty())   # never over the answers on the terminal
     columns = prediction_columns(top_k, species)
     with contextlib.ExitStack() as stack:
@@ -363,11 +366,13 @@ def run_predict(args) -> int:
             batches = progress_bar(batches, leave=False)
         for start in batches:
             for r in predictor.predict(images[start:start + PREDICT_BATCH], top_k=top_k, tta=args.tta, errors='keep'):
-                failed += 'error' in r
+                if 'error' in r:
+                    failed += 1
+                    if bar: later.append(f"petbreeds: error: {r['error']}")
+                    else: print(f"petbreeds: error: {r['error']}", file=sys.stderr)
                 if args.csv is None: _show(r, args.json, out)
-                else:
-                    writer.writerow(prediction_row(r, columns))
-                    if 'error' in r: print(f"petbreeds: error: {r['error']}", file=sys.stderr)
+                else: writer.writerow(prediction_row(r, columns))
+    for line in later: print(line, file=sys.stderr)
     if args.csv is not None: print(f"{len(images) - failed + len(empty)} of {len(images)} images predicted; one row each in {args.csv}")
     return 1 if failed else 0
 
@@ -395,7 +400,7 @@ def run_explain(args) -> int:
         if 'error' in r:
             failed += 1
             print(f"petbreeds: error: {r['error']}", file=sys.stderr)
-        else: print(f"{r['image']}: {r['label']} {r['probability']:.3f} -> {r['file']}")
+        else: print(f"{printable(r['image'])}: {printable(r['label'])} {r['probability']:.3f} -> {printable(r['file'])}")
     return 1 if failed else 0
 
 @subcommand('explain', run_explain)
@@ -456,14 +461,14 @@ def run_serve(args) -> int:
 def add_serve(p):
     """serve a model as a web page and an API (Gradio)
 
-    Serve MODEL's page on http://HOST:PORT/: upload, drop, paste or take a photo and see its top breeds, its
-    species, how long it took, and where the model looked (a Grad-CAM heatmap); the same answers from the API endpoints
+    Serve MODEL's page on http://HOST:PORT/: upload, drop, paste or take a photo and see its top classes (and
+    species, for a Pets model), how long it took, and where the model looked (a Grad-CAM heatmap); the same answers from the API endpoints
     `classify` (JSON) and `explain` (a picture). Stop with Ctrl-C."""
     p.add_argument('model', metavar='MODEL', help='a model.safetensors, or a .onnx from petbreeds export')
     p.add_argument('--host', default='127.0.0.1', help='where to listen (default: 127.0.0.1, this machine only; 0.0.0.0: your network)')
     p.add_argument('--port', type=tcp_port, default=7860, help='TCP port (default: 7860)')
     p.add_argument('--backend', choices=('auto', 'torch', 'onnx'), default='auto', help='engine (default: auto, by the file kind)')
-    p.add_argument('--top-k', type=positive_int, default=3, metavar='K', help='breeds to show per photo (default: 3)')
+    p.add_argument('--top-k', type=positive_int, default=3, metavar='K', help='classes to show per photo (default: 3)')
     p.add_argument('--share', action='store_true', help="also make a public link through gradio's relay (needs the internet)")
     p.add_argument('--no-heatmap', action='store_true', help="don't compute where the model looked (halves the work per photo; .onnx models never show it)")
 
