@@ -6,7 +6,7 @@
 __all__ = ['PREDICT_BATCH', 'UsageError', 'positive_int', 'option_type', 'out_folder', 'build_parser', 'subcommand',
            'run_download', 'add_download', 'run_check', 'add_check', 'run_archs', 'add_archs', 'config_from_args',
            'run_train', 'add_train', 'run_lr_find', 'add_lr_find', 'run_evaluate', 'add_evaluate', 'image_suffixes',
-           'image_paths', 'prediction_columns', 'prediction_row', 'printable', 'run_predict', 'add_predict',
+           'image_paths', 'printable', 'prediction_columns', 'prediction_row', 'run_predict', 'add_predict',
            'run_explain', 'add_explain', 'run_export', 'add_export', 'tcp_port', 'run_serve', 'add_serve', 'main']
 
 # %% ../nbs/07_cli.ipynb #954544b8
@@ -319,6 +319,10 @@ def _csv_file(text:str) -> str:
     if blocker is not None: raise argparse.ArgumentTypeError(f"'{text}' is under '{blocker}', which is a file: name a file elsewhere")
     return text
 
+def printable(text) -> str:
+    "`text` for a terminal: its control characters (a class or file name may hold escape sequences) written out as `\\x1b`, never sent"
+    return ''.join(ch if ch.isprintable() else ch.encode('unicode_escape', 'backslashreplace').decode('ascii') for ch in str(text))
+
 def prediction_columns(top_k:int, species:bool) -> list:
     "The header of `petbreeds predict --csv`"
     return (['file'] + [f'{what}_{i}' for i in range(1, top_k + 1) for what in ('label', 'probability')]
@@ -332,10 +336,6 @@ def prediction_row(result:dict, columns:list) -> list:
     return [spreadsheet_safe(cells.get(c, '')) for c in columns]
 
 # %% ../nbs/07_cli.ipynb #52046092
-def printable(text) -> str:
-    "`text` for a terminal: its control characters (a class or file name may hold escape sequences) written out as `\\x1b`, never sent"
-    return ''.join(ch if ch.isprintable() else ch.encode('unicode_escape', 'backslashreplace').decode('ascii') for ch in str(text))
-
 def _show(r:dict, as_json:bool, out):
     "Print one result to `out`: a JSON line, or `image: label p, ...` (nothing for an error, unless as JSON)"
     if as_json: print(json.dumps(r), file=out)
