@@ -25,7 +25,7 @@ from .backbones import is_timm
 from .core import PetbreedsError, replace_when_done
 from .input_spec import InputSpec, open_image, prepare_image
 from .model_file import onnx_model, quiet_stdout, read_model_meta, read_onnx_meta
-from .serve import INTRO, MAX_UPLOAD, demo_examples, is_demo_model, model_card
+from .serve import MAX_UPLOAD, class_list, example_images, model_card, page_intro, page_title
 
 # %% ../nbs/09a_export.ipynb #8427c710
 def _check_onnx_destination(model_file, out):
@@ -135,7 +135,7 @@ from pathlib import Path
 from {package}.serve import build_app, load_predictor
 
 here = Path(__file__).parent
-examples = sorted(str(p) for p in (here/'examples').glob('*.jpg')) or None
+examples = sorted(str(p) for p in (here/'examples').glob('*') if p.is_file()) or None
 demo = build_app(load_predictor(here/'{model}', '{backend}'), top_k=3, examples=examples)
 
 if __name__ == '__main__': demo.launch(max_file_size='{max_upload}')
@@ -170,9 +170,9 @@ def _pinned(*names) -> list:
     except metadata.PackageNotFoundError as e: raise PetbreedsError(f"{e.name} is not installed, so the Space can't pin it", "pip install 'petbreeds[serve,onnx]'") from None
 
 def _space_readme(meta:dict, backend:str) -> str:
-    return (f"---\ntitle: Pet breeds ({meta['arch']})\nemoji: 🐾\ncolorFrom: yellow\ncolorTo: gray\nsdk: gradio\n"
+    return (f"---\ntitle: {page_title(meta)} ({meta['arch']})\nemoji: 🐾\ncolorFrom: yellow\ncolorTo: gray\nsdk: gradio\n"
             f"sdk_version: {metadata.version('gradio')}\npython_version: '{sys.version_info.major}.{sys.version_info.minor}'\n"
-            f"app_file: app.py\npinned: false\n---\n\n{INTRO}\n\n{model_card(meta, backend)}\n\n"
+            f"app_file: app.py\npinned: false\n---\n\n{page_intro(meta)}\n\n**Classes** ({len(meta['vocab'])}): {class_list(meta['vocab'])}\n\n{model_card(meta, backend)}\n\n"
             f"Written by `petbreeds export --space`. `{SPACE_PACKAGE}/` holds petbreeds' predictor and app, copied.\n")
 
 # %% ../nbs/09a_export.ipynb #5d2eda10
@@ -200,7 +200,7 @@ def write_space(model:str|Path, # A model.safetensors, or a .onnx from `petbreed
         package = stage/SPACE_PACKAGE; package.mkdir()
         (package/'__init__.py').write_text('"petbreeds\' predictor and web app, copied by `petbreeds export --space`"\n')
         for name, text in _space_sources().items(): (package/f'{name}.py').write_text(text)
-        if is_demo_model(model): demo_examples(stage/'examples')
+        example_images(model, stage/'examples')   # the demo's drawings, a few of the run's validation images, or none
         (stage/'app.py').write_text(APP_PY.format(package=SPACE_PACKAGE, model=model_name, backend=backend, max_upload=MAX_UPLOAD))
         (stage/'requirements.txt').write_text('\n'.join(pins) + '\n')
         (stage/'README.md').write_text(_space_readme(meta, backend))

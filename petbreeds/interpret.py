@@ -12,12 +12,13 @@ import csv
 import html
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .core import PetbreedsError, species_of_classes
+from .core import PetbreedsError, from_spreadsheet_safe, species_of_classes, spreadsheet_safe
 from .input_spec import InputSpec
 
 # %% ../nbs/03_interpret.ipynb #16294a02
@@ -71,8 +72,8 @@ def most_confused(ev:Evaluation, min_val:int=1) -> list:
 # %% ../nbs/03_interpret.ipynb #49ff2d5b
 def per_class_table(ev:Evaluation) -> list:
     "One row per class: support, precision, recall, F1, and what it is most often mistaken for"
-    cm = confusion_matrix(ev)
-    rows = []
+    cm, species = confusion_matrix(ev), species_of_classes(ev.vocab)
+    rows, with_species = [], any(s is not None for s in species)   # a column only where the classes have a species
     for i, name in enumerate(ev.vocab):
         tp, support, predicted = cm[i, i], cm[i].sum(), cm[:, i].sum()
         precision = tp / predicted if predicted else 0.0
@@ -80,7 +81,7 @@ def per_class_table(ev:Evaluation) -> list:
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
         off = cm[i].copy(); off[i] = 0
         j = int(off.argmax())
-        rows.append({'class': name, 'species': species_of_classes([name])[0], 'support': int(support), 'precision': round(float(precision), 4),
+        rows.append({'class': name, **({'species': species[i]} if with_species else {}), 'support': int(support), 'precision': round(float(precision), 4),
                      'recall': round(float(recall), 4), 'f1': round(float(f1), 4),
                      'mistaken_for': ev.vocab[j] if off[j] else '', 'mistaken_count': int(off[j])})
     return rows
@@ -110,6 +111,10 @@ def expected_calibration_error(ev:Evaluation, bins:int=10) -> float:
     return float(sum(count / n * abs(acc - conf) for _, _, count, conf, acc in reliability(ev, bins) if count))
 
 # %% ../nbs/03_interpret.ipynb #ac920eec
+def _plain(name:str) -> str:
+    "A class name as matplotlib text: its `$` escaped, so a name is never read as mathtext (which can fail to parse)"
+    return str(name).replace('$', r'\$')
+
 def _order(vocab):
     "Class indices ordered cats first, then dogs, then anything else, each alphabetically"
     rank = {'cat': 0, 'dog': 1}
@@ -122,7 +127,7 @@ def plot_confusion(ev:Evaluation, title:str='confusion matrix (rows normalised; 
     from matplotlib.colors import LinearSegmentedColormap
     order = _order(ev.vocab)
     cm = confusion_matrix(ev)[np.ix_(order, order)]
-    names = [ev.vocab[i].replace('_', ' ') for i in order]
+    names = [_plain(ev.vocab[i].replace('_', ' ')) for i in order]
     share = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     c = len(names)
     side = max(5, 0.32 * c + 3)
@@ -196,7 +201,7 @@ def plot_top_losses(ev:Evaluation, k:int=9,
         if cams is not None:   # the map covers the square the model saw, which is the item
             ax.imshow(cams[n], cmap='jet', alpha=0.4, vmin=0, vmax=1, interpolation='bilinear', extent=(-0.5, item.width - 0.5, item.height - 0.5, -0.5))
         p, t = ev.preds[i], ev.targets[i]
-        ax.set_title(f"{ev.vocab[p]} / {ev.vocab[t]}\nloss {ev.losses[i]:.2f}, p(actual) {ev.probs[i, t]:.2f}", fontsize=9,
+        ax.set_title(f"{_plain(ev.vocab[p])} / {_plain(ev.vocab[t])}\nloss {ev.losses[i]:.2f}, p(actual) {ev.probs[i, t]:.2f}", fontsize=9,
                      color='firebrick' if p != t else 'black')
     fig.suptitle('top losses: predicted / actual' + ('\nheatmap: where the model looked for what it predicted (Grad-CAM)' if cams is not None else ''), fontsize=11)
     fig.tight_layout()
@@ -224,10 +229,14 @@ def write_evaluation(folder:str|Path, ev:Evaluation, ev_tta:Evaluation=None, spe
     for name, make in (('confusion.png', lambda: plot_confusion(ev)), ('calibration.png', lambda: plot_reliability(ev)),
                        ('top_losses.png', lambda: plot_top_losses(ev, 9, spec, cams))):
         if name == 'top_losses.png' and not ev.items: continue
-        fig = make(); fig.savefig(folder/name, dpi=100); plt.close(fig)
+        fig = make()
+        with warnings.catch_warnings():
+            warnings.filterwarnings('ignore', message='Glyph .* missing from font')   # a name in a script the plot's font lacks: boxes, said once here
+            fig.savefig(folder/name, dpi=100)
+        plt.close(fig)
     rows = per_class_table(ev)
-    with open(folder/'per_breed.csv', 'w', newline='') as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0])); w.writeheader(); w.writerows(rows)
+    with open(folder/'per_breed.csv', 'w', newline='', encoding='utf-8') as f:   # class names are the user's: no cell a spreadsheet would run
+        w = csv.DictWriter(f, fieldnames=list(rows[0])); w.writeheader(); w.writerows({k: spreadsheet_safe(v) for k, v in r.items()} for r in rows)
     (folder/'evaluation.json').write_text(json.dumps(summary, indent=1))
     return summary
 
@@ -250,7 +259,7 @@ _CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;
 
 def _read_csv(f:Path) -> list:
     if not f.exists(): return []
-    with open(f, newline='') as fh: return list(csv.DictReader(fh))
+    with open(f, newline='', encoding='utf-8') as fh: return [{k: from_spreadsheet_safe(v) for k, v in r.items()} for r in csv.DictReader(fh)]
 
 def write_report(folder:str|Path, learn=None, tta:bool=False) -> Path:
     "Write `folder/report.html`: the run's numbers, history and plots on one page (evaluating `learn` if given)"
@@ -266,6 +275,7 @@ def write_report(folder:str|Path, learn=None, tta:bool=False) -> Path:
     cards = [('error rate', evaluation.get('error_rate', metrics.get('error_rate'))), ('accuracy', evaluation.get('accuracy', metrics.get('accuracy'))),
              ('species error', evaluation.get('species_error')), ('ECE', evaluation.get('ece')), ('epochs', metrics.get('epochs')),
              ('training seconds', metrics.get('seconds'))]
+    if evaluation and evaluation.get('species_error') is None: cards = [c for c in cards if c[0] != 'species error']   # classes that are not cats' and dogs' breeds
     parts = [f"<h1>petbreeds run: {html.escape(folder.name)}</h1>"]
     if config.get('stand_in_weights'):
         parts.append("<p class='note'>Demo run: synthetic images and stand-in pretrained weights. The numbers show the code works, not how well it classifies real pets.</p>")
