@@ -287,7 +287,7 @@ def add_evaluate(p):
 # %% ../nbs/07_cli.ipynb #52046092
 def run_predict(args) -> int:
     from petbreeds.inference import Predictor
-    predictor = Predictor.from_file(args.model, backend=args.backend)
+    predictor = Predictor.from_file(args.model, backend=args.backend, precision=args.precision)
     results = predictor.predict(args.images, top_k=args.top_k, tta=args.tta, errors='keep')
     failed = 0
     for r in results:
@@ -312,7 +312,9 @@ def add_predict(p):
     p.add_argument('images', nargs='+', metavar='IMAGE', help='image files')
     p.add_argument('--top-k', type=positive_int, default=3, metavar='K', help='classes to show per image (default: 3)')
     p.add_argument('--tta', action='store_true', help='average with the mirror image')
-    p.add_argument('--backend', choices=('auto', 'torch', 'onnx'), default='auto', help='engine (default: auto, by the file kind)')
+    p.add_argument('--backend', choices=('auto', 'torch', 'onnx', 'openvino'), default='auto', help='engine (default: auto: OpenVINO where installed, else by the file kind)')
+    p.add_argument('--precision', choices=('auto', 'fp32', 'bf16', 'fp16'), default='auto',
+                   help='for torch and OpenVINO (default: auto: bf16 on a CPU with native bf16, bf16/fp16 on a GPU, else fp32)')
     p.add_argument('--json', action='store_true', help='one JSON object per image per line')
 
 # %% ../nbs/07_cli.ipynb #fb9b061e
@@ -365,7 +367,7 @@ def add_export(p):
                    help="with --onnx: quantize to int8 for CPUs (about 4x smaller, faster), checked against the float model: "
                         "refused if their top class agrees on less than 99%% of held-out images")
     p.add_argument('--calibrate', metavar='DIR', help="with --int8: images like those the model will see (default: the run's validation images)")
-    p.add_argument('--space-backend', choices=('onnx', 'torch'), default='onnx',
+    p.add_argument('--space-backend', choices=('onnx', 'torch', 'openvino'), default='onnx',
                    help="the Space's engine (default: onnx: small to install, quick to start)")
 
 # %% ../nbs/07_cli.ipynb #51753501
@@ -377,7 +379,7 @@ def tcp_port(text:str) -> int:
 
 def run_serve(args) -> int:
     from petbreeds.serve import serve
-    serve(args.model, host=args.host, port=args.port, backend=args.backend, top_k=args.top_k, share=args.share, heatmap=not args.no_heatmap)
+    serve(args.model, host=args.host, port=args.port, backend=args.backend, precision=args.precision, top_k=args.top_k, share=args.share, heatmap=not args.no_heatmap)
     return 0
 
 @subcommand('serve', run_serve)
@@ -390,7 +392,9 @@ def add_serve(p):
     p.add_argument('model', metavar='MODEL', help='a model.safetensors, or a .onnx from petbreeds export')
     p.add_argument('--host', default='127.0.0.1', help='where to listen (default: 127.0.0.1, this machine only; 0.0.0.0: your network)')
     p.add_argument('--port', type=tcp_port, default=7860, help='TCP port (default: 7860)')
-    p.add_argument('--backend', choices=('auto', 'torch', 'onnx'), default='auto', help='engine (default: auto, by the file kind)')
+    p.add_argument('--backend', choices=('auto', 'torch', 'onnx', 'openvino'), default='auto', help='engine (default: auto: OpenVINO where installed, else by the file kind)')
+    p.add_argument('--precision', choices=('auto', 'fp32', 'bf16', 'fp16'), default='auto',
+                   help='for torch and OpenVINO (default: auto: bf16 on a CPU with native bf16, bf16/fp16 on a GPU, else fp32)')
     p.add_argument('--top-k', type=positive_int, default=3, metavar='K', help='breeds to show per photo (default: 3)')
     p.add_argument('--share', action='store_true', help="also make a public link through gradio's relay (needs the internet)")
     p.add_argument('--no-heatmap', action='store_true', help="don't compute where the model looked (halves the work per photo; .onnx models never show it)")
