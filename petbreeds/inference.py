@@ -158,8 +158,9 @@ class Predictor:
         onnx_file, meta = _onnx_of(path)
         core = ov.Core()
         precision = openvino_precision(precision, core)
-        try: model = core.read_model(str(onnx_file))
-        except Exception as e: raise not_a_model(path, f"OpenVINO can't read it: {' '.join(str(e).split())[:80]}") from None
+        onnx_reader = ov.frontend.FrontEndManager().load_by_framework('onnx')   # only ONNX: `core.read_model` would try every format, and say so on stderr
+        try: model = onnx_reader.convert(onnx_reader.load(str(onnx_file)))
+        except Exception as e: raise not_a_model(path, f"OpenVINO can't read it as ONNX: {' '.join(str(e).split()).rsplit(': ', 1)[-1][:80]}") from None
         if meta is None:
             text = model.get_rt_info(['framework', 'petbreeds']).astype(str) if model.has_rt_info(['framework', 'petbreeds']) else None   # the ONNX file's metadata_props
             meta = check_meta(path, text)
