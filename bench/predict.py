@@ -6,7 +6,7 @@ later ones read it back (the median is of all starts, the max is the first). lat
 prepare, run), in a warm process of its own per engine (thread pools keep spinning after a call, so sharing a
 process slows the others), p50 and p95 over many calls, and its two parts apart: opening and preparing the
 image, and the model alone on a prepared one. throughput: images per second in batches of 32 (prepared once:
-the model alone). agreement: top-1 against torch fp32 on the 64 bench images, and the largest probability
+the model alone), in the same warm process after the latency. agreement: top-1 against torch fp32 on the 64 bench images, and the largest probability
 difference. The int8 model is `petbreeds.export.export_int8`'s, calibrated on half the bench images (the head is
 untrained here, so agreement is a harder test than on a trained model). bf16 engines run only where the CPU has
 native bf16 (elsewhere OpenVINO runs fp32). All engines in one run, rounds alternating, same images.
@@ -60,6 +60,7 @@ def cold_start(model: Path, image: Path, backend: str, precision: str) -> float:
 
 LATENCY = """
 import json, sys, time
+import numpy as np
 from petbreeds.inference import Predictor
 model, backend, precision, n, files = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5:]
 p = Predictor.from_file(model, backend=backend, precision=precision)
@@ -71,21 +72,12 @@ x = p.prepare(files[0])[None]
 for i in range(n):   # the same call's two parts apart: opening and preparing the image, and the model alone
     t = time.perf_counter(); p.prepare(files[i % len(files)]); prep.append((time.perf_counter() - t) * 1000)
     t = time.perf_counter(); p._run(x); model.append((time.perf_counter() - t) * 1000)
-print(json.dumps([out, prep, model]))
-"""
-
-THROUGHPUT = """
-import json, sys, time
-import numpy as np
-from petbreeds.inference import Predictor
-model, backend, precision, n, files = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5:]
-p = Predictor.from_file(model, backend=backend, precision=precision)
 batch = np.stack([p.prepare(f) for f in (files * 32)[:32]])
-p._run(batch)   # warm-up
-out = []
-for i in range(n):
-    t = time.perf_counter(); p._run(batch); out.append(32 / (time.perf_counter() - t))
-print(json.dumps(out))
+p._run(batch)   # warm-up at batch 32
+thr = []
+for i in range(max(2, n // 10)):
+    t = time.perf_counter(); p._run(batch); thr.append(32 / (time.perf_counter() - t))
+print(json.dumps([out, prep, model, thr]))
 """
 
 AGREEMENT = """
@@ -124,8 +116,10 @@ def main():
     p.add_argument('--quick', action='store_true', help='fewer repeats')
     p.add_argument('--calls', type=int, default=100, help='single-image calls per engine for the latency')
     p.add_argument('--starts', type=int, default=5, help='cold starts per engine')
+    p.add_argument('--rounds', type=int, default=3, help='rounds of a warm process per engine, alternating (default: 3)')
+    p.add_argument('--model-dir', metavar='DIR', help="reuse the model files of an earlier run (its folder, printed as 'models in'), instead of making them")
     args = p.parse_args()
-    if args.quick: args.calls, args.starts = 30, 3
+    if args.quick: args.calls, args.starts = 30, 3   # --calls and --starts given with it are overridden
     warnings.filterwarnings('ignore')
     os.environ.setdefault('PETBREEDS_HOME', tempfile.mkdtemp(prefix='petbreeds-bench-'))   # OpenVINO's compiled-model cache goes here too
     from petbreeds.demo import use_standin_weights
@@ -134,25 +128,27 @@ def main():
     print(cpu_flags())
     print(f"before: {load()}")
     images = pets_sized_images(Path(tempfile.gettempdir())/'petbreeds-bench-64', 64)
-    folder = Path(tempfile.mkdtemp(prefix='petbreeds-model-'))
-    model = make_model(folder, images)
     files = sorted(images.glob('*.jpg'))
-    int8 = make_int8(model, folder, files)
+    if args.model_dir: folder = Path(args.model_dir); model = folder/'model.safetensors'; int8 = None
+    else:
+        folder = Path(tempfile.mkdtemp(prefix='petbreeds-model-'))
+        model = make_model(folder, images)
+        int8 = make_int8(model, folder, files)
+    print(f"models in {folder}")
     paths = engines(folder, model)
     print(f"model: resnet34, 224 from presize 460; {model.stat().st_size / 2**20:.0f} MB safetensors, {(folder/'model.onnx').stat().st_size / 2**20:.0f} MB onnx, "
-          f"{(folder/'model-int8.onnx').stat().st_size / 2**20:.0f} MB int8 onnx (ORT's top-1 agreement with fp32 at export: {int8['agreement']:.1%} of {int8['checked_on']} images)")
+          f"{(folder/'model-int8.onnx').stat().st_size / 2**20:.0f} MB int8 onnx" + (f" (ORT's top-1 agreement with fp32 at export: {int8['agreement']:.1%} of {int8['checked_on']} images)" if int8 else ''))
 
     agree = {b: _child(AGREEMENT, model, m, engine, prec, *files) for b, (m, engine, prec) in paths.items()}
     starts = {b: [] for b in paths}
     for _ in range(args.starts):
         for b, (m, engine, prec) in paths.items(): starts[b].append(cold_start(m, files[0], engine, prec))
     lat, thr, prep, alone = ({b: [] for b in paths} for _ in range(4))
-    rounds = 3
+    rounds = args.rounds
     for _ in range(rounds):
         for b, (m, engine, prec) in paths.items():
-            whole, opening, model_alone = _child(LATENCY, m, engine, prec, args.calls // rounds, *files)
-            lat[b] += whole; prep[b] += opening; alone[b] += model_alone
-            thr[b] += _child(THROUGHPUT, m, engine, prec, max(2, args.calls // 30), *files)
+            whole, opening, model_alone, batches = _child(LATENCY, m, engine, prec, args.calls // rounds, *files)
+            lat[b] += whole; prep[b] += opening; alone[b] += model_alone; thr[b] += batches
     print(f"after: {load()}")
     head = ('engine', 'cold start s', 'call p50 ms', 'call p95 ms', 'image p50 ms', 'model p50 ms', 'model p95 ms', 'batch 32 img/s', 'top-1 vs fp32', 'max |dp|')
     print('| ' + ' | '.join(head) + ' |'); print('|' + ' --- |' * len(head))
