@@ -1,4 +1,4 @@
-"""The web app under load on the CPU: start-up, and latency and throughput for N concurrent clients, ONNX Runtime against torch.
+"""The web app under load on the CPU: start-up, and latency and throughput for N concurrent clients, OpenVINO and ONNX Runtime against torch.
 
 For each backend in turn, a fresh `petbreeds.serve.serve` process on loopback serves resnet34 at 224 (as in
 bench/predict.py). start-up: process start to its first answer (importing, loading the model, building and
@@ -105,7 +105,9 @@ def main():
     folder = Path(tempfile.mkdtemp(prefix='petbreeds-model-'))
     model = make_model(folder, images)
     rows = {}
-    for backend, path in (('onnx', folder/'model.onnx'), ('torch', model)):
+    import importlib.util
+    engines = ((('openvino', folder/'model.onnx'),) if importlib.util.find_spec('openvino') else ()) + (('onnx', folder/'model.onnx'), ('torch', model))
+    for backend, path in engines:
         with open(folder/f'{backend}.log', 'w') as log:
             proc, url, started = start_server(path, backend, log, files[0])
             try:
@@ -120,10 +122,10 @@ def main():
                              rps=len(lat) / wall, p50_n=percentile(seen, 50) * 1000 if lat else float('nan'),
                              p95_n=percentile(seen, 95) * 1000 if lat else float('nan'), n_n=len(lat), errors=errors,
                              predict_n=percentile(spent, 50) * 1000 if lat else float('nan'))
-    print(f"{'':6s} {'start-up s':>10s} {'1 client p50/p95 ms':>20s} {f'{args.clients} clients req/s':>17s} {'p50/p95 ms':>13s} "
+    print(f"{'':8s} {'start-up s':>10s} {'1 client p50/p95 ms':>20s} {f'{args.clients} clients req/s':>17s} {'p50/p95 ms':>13s} "
           f"{'p95 vs 1-client p50':>20s} {'errors':>6s}  {'predicting, p50 ms':>18s}")
     for b, r in rows.items():
-        print(f"{b:6s} {r['start']:10.1f} {r['p50_1']:9.0f} / {r['p95_1']:<8.0f} {r['rps']:17.1f} {r['p50_n']:6.0f} / {r['p95_n']:<4.0f} "
+        print(f"{b:8s} {r['start']:10.1f} {r['p50_1']:9.0f} / {r['p95_1']:<8.0f} {r['rps']:17.1f} {r['p50_n']:6.0f} / {r['p95_n']:<4.0f} "
               f"{r['p95_n'] / r['p50_1']:19.1f}x {r['errors']:6d}  {r['predict_n']:18.0f}   (n={r['n_1']} alone, {r['n_n']} together)")
     print("latency: what a client sees (upload, queue, prediction, streamed answer); predicting: the server's own `seconds` under load")
     print(f"after: {load()}")

@@ -346,7 +346,7 @@ def _show(r:dict, as_json:bool, out):
 
 def run_predict(args) -> int:
     from petbreeds.inference import Predictor
-    predictor = Predictor.from_file(args.model, backend=args.backend)
+    predictor = Predictor.from_file(args.model, backend=args.backend, precision=args.precision)
     images, empty = image_paths(args.images)
     for line in empty: print(f"petbreeds: error: {line}", file=sys.stderr)
     top_k, species = min(args.top_k, len(predictor.vocab)), all(s is not None for s in predictor.species)
@@ -387,7 +387,9 @@ def add_predict(p):
     p.add_argument('images', nargs='+', metavar='IMAGE_OR_FOLDER', help='image files, or folders of them (searched at any depth)')
     p.add_argument('--top-k', type=positive_int, default=3, metavar='K', help='classes to show per image (default: 3)')
     p.add_argument('--tta', action='store_true', help='average with the mirror image')
-    p.add_argument('--backend', choices=('auto', 'torch', 'onnx'), default='auto', help='engine (default: auto, by the file kind)')
+    p.add_argument('--backend', choices=('auto', 'torch', 'onnx', 'openvino'), default='auto', help='engine (default: auto: OpenVINO where installed, else by the file kind)')
+    p.add_argument('--precision', choices=('auto', 'fp32', 'bf16', 'fp16'), default='auto',
+                   help='for torch and OpenVINO (default: auto: bf16 on a CPU with native bf16, bf16/fp16 on a GPU, else fp32)')
     to = p.add_mutually_exclusive_group()
     to.add_argument('--json', action='store_true', help='one JSON object per image per line')
     to.add_argument('--csv', metavar='FILE', type=_csv_file, help='write one row per image to FILE (file, label_1, probability_1, ..., error) instead of lines')
@@ -442,7 +444,7 @@ def add_export(p):
                    help="with --onnx: quantize to int8 for CPUs (about 4x smaller, faster), checked against the float model: "
                         "refused if their top class agrees on less than 99%% of held-out images")
     p.add_argument('--calibrate', metavar='DIR', help="with --int8: images like those the model will see (default: the run's validation images)")
-    p.add_argument('--space-backend', choices=('onnx', 'torch'), default='onnx',
+    p.add_argument('--space-backend', choices=('onnx', 'torch', 'openvino'), default='onnx',
                    help="the Space's engine (default: onnx: small to install, quick to start)")
 
 # %% ../nbs/07_cli.ipynb #51753501
@@ -454,7 +456,7 @@ def tcp_port(text:str) -> int:
 
 def run_serve(args) -> int:
     from petbreeds.serve import serve
-    serve(args.model, host=args.host, port=args.port, backend=args.backend, top_k=args.top_k, share=args.share, heatmap=not args.no_heatmap)
+    serve(args.model, host=args.host, port=args.port, backend=args.backend, precision=args.precision, top_k=args.top_k, share=args.share, heatmap=not args.no_heatmap)
     return 0
 
 @subcommand('serve', run_serve)
@@ -467,7 +469,9 @@ def add_serve(p):
     p.add_argument('model', metavar='MODEL', help='a model.safetensors, or a .onnx from petbreeds export')
     p.add_argument('--host', default='127.0.0.1', help='where to listen (default: 127.0.0.1, this machine only; 0.0.0.0: your network)')
     p.add_argument('--port', type=tcp_port, default=7860, help='TCP port (default: 7860)')
-    p.add_argument('--backend', choices=('auto', 'torch', 'onnx'), default='auto', help='engine (default: auto, by the file kind)')
+    p.add_argument('--backend', choices=('auto', 'torch', 'onnx', 'openvino'), default='auto', help='engine (default: auto: OpenVINO where installed, else by the file kind)')
+    p.add_argument('--precision', choices=('auto', 'fp32', 'bf16', 'fp16'), default='auto',
+                   help='for torch and OpenVINO (default: auto: bf16 on a CPU with native bf16, bf16/fp16 on a GPU, else fp32)')
     p.add_argument('--top-k', type=positive_int, default=3, metavar='K', help='classes to show per photo (default: 3)')
     p.add_argument('--share', action='store_true', help="also make a public link through gradio's relay (needs the internet)")
     p.add_argument('--no-heatmap', action='store_true', help="don't compute where the model looked (halves the work per photo; .onnx models never show it)")

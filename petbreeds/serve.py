@@ -38,11 +38,12 @@ def serving_plan(cores:int=None # CPU cores to plan for; None: those this proces
 
 # %% ../nbs/09_serve.ipynb #adf9f653
 def load_predictor(model:str|Path, # A model.safetensors, or a .onnx from `petbreeds export`
-                   backend:str='auto', # 'auto' (by the file's kind), 'torch' or 'onnx'
-                   threads:int=None # Intra-op threads per prediction; None: `serving_plan()`'s
+                   backend:str='auto', # 'auto' (OpenVINO where installed, else by the file's kind), 'torch', 'onnx' or 'openvino'
+                   threads:int=None, # Intra-op threads per prediction; None: `serving_plan()`'s
+                   precision:str='auto' # For torch and OpenVINO: 'auto', 'fp32', 'bf16' or 'fp16' (see `Predictor.from_file`)
                   ) -> Predictor:
     "A `Predictor` for `model` whose engine uses `threads` threads per prediction"
-    return Predictor.from_file(model, backend, threads=threads or serving_plan()['threads'])
+    return Predictor.from_file(model, backend, threads=threads or serving_plan()['threads'], precision=precision)
 
 # %% ../nbs/09_serve.ipynb #a8f83153
 def classify_file(predictor:Predictor, # From `load_predictor` or `Predictor.from_file`
@@ -51,7 +52,7 @@ def classify_file(predictor:Predictor, # From `load_predictor` or `Predictor.fro
                  ) -> dict:
     "The `top_k` breeds of the photo at `path` with their probabilities, its species and the seconds taken"
     start = time.perf_counter()
-    photo = open_image(path)   # upright, as the camera meant it, as every command decodes
+    photo = open_image(path, draft_side=predictor.spec.item_side)   # as `Predictor.prepare` opens it: upright, as the camera meant it, as every command decodes
     res = predictor.predict([photo], top_k=top_k)[0]
     return {'labels': [p['label'] for p in res['predictions']],
             'probabilities': [p['probability'] for p in res['predictions']],
@@ -266,14 +267,15 @@ def _interrupt(signum, frame): raise KeyboardInterrupt
 def serve(model:str|Path, # A model.safetensors, or a .onnx from `petbreeds export`
           host:str='127.0.0.1', # Where to listen: loopback, so only this machine; '0.0.0.0' for your network
           port:int=7860, # TCP port
-          backend:str='auto', # 'auto' (by the file's kind), 'torch' or 'onnx'
+          backend:str='auto', # 'auto' (OpenVINO where installed, else by the file's kind), 'torch', 'onnx' or 'openvino'
+          precision:str='auto', # For torch and OpenVINO: 'auto', 'fp32', 'bf16' or 'fp16'
           top_k:int=3, # Breeds per photo
           share:bool=False, # Also make a public link through gradio's relay (needs the internet)
           heatmap:bool=True, # Show where the model looked (Grad-CAM) below the breeds, and offer it as the API's `explain` (not for .onnx files)
           block:bool=True # Serve until Ctrl-C; False: return the running app (`.local_url`, `.close()`)
          ):
     "Serve `model`'s page and its `classify` API on http://`host`:`port`/"
-    predictor = load_predictor(model, backend)   # a bad model file stops here, before anything listens
+    predictor = load_predictor(model, backend, precision=precision)   # a bad model file stops here, before anything listens
     scratch, previous = Path(tempfile.mkdtemp(prefix='petbreeds-serve-')), os.environ.get('GRADIO_TEMP_DIR')
     os.environ['GRADIO_TEMP_DIR'] = str(scratch/'uploads')   # read by gradio when it builds the app
     os.environ.setdefault('GRADIO_ANALYTICS_ENABLED', 'False')
@@ -288,7 +290,7 @@ def serve(model:str|Path, # A model.safetensors, or a .onnx from `petbreeds expo
         else: os.environ['GRADIO_TEMP_DIR'] = previous
         raise
     plan = serving_plan()
-    print(f"petbreeds: serving {predictor.meta['arch']} ({predictor.backend}; {plan['workers']} at once, {plan['threads']} thread(s) each) "
+    print(f"petbreeds: serving {predictor.meta['arch']} ({predictor.engine}; {plan['workers']} at once, {plan['threads']} thread(s) each) "
           f"at {app.local_url}  API: classify" + (", explain" if heat else '') + (f"  public link: {app.share_url}" if app.share_url else ''), flush=True)
     if host not in ('127.0.0.1', 'localhost', '::1'): print(f"petbreeds: listening on {host}: other machines can reach this page", file=sys.stderr)
     if not block:

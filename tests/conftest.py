@@ -1,5 +1,6 @@
 """Shared set-up for the pytest suite: offline, a private data home, and stand-in weights."""
 import os
+import tempfile
 import sys
 from pathlib import Path
 
@@ -10,6 +11,10 @@ sys.path.insert(0, str(TESTS))
 import offline  # noqa: E402
 
 offline.install()
+# One cache of exported ONNX files and compiled OpenVINO models for the whole session (`petbreeds.inference.cache_folder`): each test
+# has its own PETBREEDS_HOME, but the same model file needs exporting only once
+_OWN_CACHE = None if os.environ.get('PETBREEDS_CACHE') else tempfile.mkdtemp(prefix='petbreeds-test-cache-')
+if _OWN_CACHE: os.environ['PETBREEDS_CACHE'] = _OWN_CACHE
 
 # The demo on the fast resnet18 stand-ins: for tests of the machinery (runs, resuming, serving, errors), which need a model, not
 # real features. `petbreeds train --demo` itself starts from the real packaged Lite0 weights where installed (as in CI): the tests
@@ -39,3 +44,8 @@ def pytest_configure(config):
     config.addinivalue_line('filterwarnings', 'ignore:`torch.jit.script` is deprecated:FutureWarning')
     # and its ColReader's pandas deprecation: the two that petbreeds' command and test kit silence (importing petbreeds doesn't)
     config.addinivalue_line('filterwarnings', r'ignore:Series\.__getitem__ treating keys as positions:FutureWarning:fastai\.')
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE:
+        import shutil
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)

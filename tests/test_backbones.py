@@ -54,10 +54,10 @@ def test_predict_export_and_onnx_agree(timm_run, hub_env, tmp_path):
     res = petbreeds_cmd('export', model, '--onnx', onnx, env=hub_env)
     assert res.returncode == 0, res.stderr
     from petbreeds.inference import Predictor
-    torch_p, onnx_p = Predictor.from_file(model), Predictor.from_file(onnx)
+    torch_p, onnx_p = Predictor.from_file(model, backend='torch', precision='fp32'), Predictor.from_file(onnx, backend='onnx')
     x = np.stack([torch_p.prepare(p) for p in photos])
     assert np.abs(torch_p._run(x) - onnx_p._run(x)).max() < 1e-4   # the logits, not just the ranking
-    by_cli = [json.loads(line) for line in petbreeds_cmd('predict', onnx, *photos, '--json', env=hub_env).stdout.splitlines()]
+    by_cli = [json.loads(line) for line in petbreeds_cmd('predict', onnx, *photos, '--json', '--backend', 'onnx', env=hub_env).stdout.splitlines()]
     want = [r['predictions'] for r in torch_p.predict(photos)]
     got = [r['predictions'] for r in by_cli]
     assert [[p['label'] for p in r] for r in got] == [[p['label'] for p in r] for r in want]

@@ -63,8 +63,8 @@ def test_export_then_predict_with_onnx_runtime(model, subprocess_env, tmp_path):
     res = petbreeds_cmd('export', model_file, '--onnx', tmp_path/'m.onnx', env=subprocess_env)
     assert res.returncode == 0, res.stderr
     assert (tmp_path/'m.onnx').stat().st_size > 1_000_000
-    a = petbreeds_cmd('predict', tmp_path/'m.onnx', images/'pug_1.jpg', '--json', env=subprocess_env)
-    b = petbreeds_cmd('predict', model_file, images/'pug_1.jpg', '--json', env=subprocess_env)
+    a = petbreeds_cmd('predict', tmp_path/'m.onnx', images/'pug_1.jpg', '--json', '--backend', 'onnx', env=subprocess_env)
+    b = petbreeds_cmd('predict', model_file, images/'pug_1.jpg', '--json', '--backend', 'torch', '--precision', 'fp32', env=subprocess_env)
     pa, pb = json.loads(a.stdout)['predictions'], json.loads(b.stdout)['predictions']
     assert [p['label'] for p in pa] == [p['label'] for p in pb]
     assert all(abs(x['probability'] - y['probability']) < 1e-4 for x, y in zip(pa, pb))
@@ -85,8 +85,10 @@ def test_export_int8_is_checked_against_the_float_model(model, subprocess_env, t
     assert (tmp_path/'int8.onnx').stat().st_size < model_file.stat().st_size / 3
     pets = sorted(images.glob('*_1.jpg'))
     top = lambda p: [r['predictions'][0]['label'] for r in p.predict(pets)]
-    same = sum(a == b for a, b in zip(top(small), top(Predictor.from_file(model_file))))
-    assert same >= 0.9 * len(pets), (same, len(pets))
+    fp32 = top(Predictor.from_file(model_file, backend='torch', precision='fp32'))
+    for engine in ('onnx', 'openvino'):   # the int8 file, through ONNX Runtime and through OpenVINO
+        same = sum(a == b for a, b in zip(top(Predictor.from_file(tmp_path/'int8.onnx', backend=engine)), fp32))
+        assert same >= 0.9 * len(pets), (engine, same, len(pets))
     misled = tmp_path/'misled'; misled.mkdir()
     for i, p in enumerate(pets):   # sorted, they alternate: white pictures calibrate, the pets check
         Image.new('RGB', (96, 96), 'white').save(misled/f'{i:03d}a.png'); (misled/f'{i:03d}b.jpg').write_bytes(p.read_bytes())
@@ -94,6 +96,25 @@ def test_export_int8_is_checked_against_the_float_model(model, subprocess_env, t
     assert_one_line_error(res, "the int8 model's top class agrees with the float model's on", 'so it was not written')
     assert not (tmp_path/'bad.onnx').exists()
     assert_one_line_error(petbreeds_cmd('export', model_file, '--space', tmp_path/'sp', '--int8', env=subprocess_env), 'use it with --onnx FILE')
+
+def test_predict_with_openvino_agrees_with_fp32_torch(model, subprocess_env):
+    "OpenVINO (bf16 where the CPU has native bf16), chosen by name and by auto, answers as torch in fp32 does on images the model never saw"
+    model_file, images = model
+    pets = sorted(images.glob('*_1.jpg'))   # one per breed, not trained on
+    res = petbreeds_cmd('predict', model_file, *pets, '--json', '--backend', 'openvino', env=subprocess_env)
+    assert res.returncode == 0, res.stderr
+    got = [json.loads(line)['predictions'] for line in res.stdout.splitlines()]
+    want = [r['predictions'] for r in Predictor.from_file(model_file, backend='torch', precision='fp32').predict(pets)]
+    for g, w in zip(got, want):   # bf16's rounding moves a probability by less than 0.02, and the top class only on a near tie (04_inference)
+        fp32 = {p['label']: p['probability'] for p in w}
+        assert g[0]['label'] == w[0]['label'] or w[0]['probability'] - w[1]['probability'] < 0.04, (g, w)
+        if g[0]['label'] in fp32: assert abs(g[0]['probability'] - fp32[g[0]['label']]) < 0.02, (g, w)
+    assert sum(g[0]['label'] == w[0]['label'] for g, w in zip(got, want)) >= 0.95 * len(pets)
+    auto = Predictor.from_file(model_file)   # exported once into the cache folder, then OpenVINO
+    assert auto.backend == 'openvino'
+    assert [r['predictions'][0]['label'] for r in auto.predict(pets)] == [g[0]['label'] for g in got]
+    assert_one_line_error(petbreeds_cmd('predict', model_file, pets[0], '--backend', 'onnx', '--precision', 'bf16', env=subprocess_env),
+                          'ONNX Runtime runs the file as it is, not in bf16')
 
 def test_export_needs_onnx_option_and_a_model(model, subprocess_env, tmp_path):
     model_file, _ = model
