@@ -291,7 +291,7 @@ def record(run:Run, ev, started:float, report:bool=True) -> dict:
     write_json(out/DONE, metrics)   # last but the page that shows it: from here on the run is finished
     if report: write_report(out)
     from petbreeds.tracking import finish_trackers
-    finish_trackers(run.loggers or [], metrics, _run_files(out))
+    finish_trackers(run.loggers or [], {k: metrics[k] for k in ('error_rate', 'accuracy', 'valid_loss', 'epochs', 'seconds')}, _run_files(out))
     return metrics
 
 def train(cfg:TrainConfig=None, # The options; None: all defaults

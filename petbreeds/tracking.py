@@ -264,7 +264,9 @@ class MLflowLog(Tracker):
         except Exception as e: self._lost(e)
 
     def start(self) -> int:
+        import logging
         from mlflow import MlflowClient
+        logging.getLogger('mlflow.store.db.utils').setLevel(logging.WARNING)   # its "Creating initial MLflow database tables..." on a new file
         for name, value in (('MLFLOW_HTTP_REQUEST_MAX_RETRIES', '2'), ('MLFLOW_HTTP_REQUEST_TIMEOUT', '30')):
             os.environ.setdefault(name, value)   # MLflow's own (7 tries, 120 s each) would stall a run for minutes on a server that is gone
         saved, self.pending = mlflow_run_of(self.folder), []
@@ -280,9 +282,8 @@ class MLflowLog(Tracker):
     def _create(self) -> int:
         name = os.environ.get('MLFLOW_EXPERIMENT_NAME', self.experiment)
         exp = self.client.get_experiment_by_name(name)
-        local = self.uri.startswith('sqlite:') and not os.environ.get('MLFLOW_TRACKING_URI')
-        exp_id = exp.experiment_id if exp else self.client.create_experiment(
-            name, artifact_location=(self.folder.parent.resolve()/'mlartifacts').as_uri() if local else None)
+        db = Path(self.uri.removeprefix('sqlite:///')) if self.uri.startswith('sqlite:///') else None   # a file: its artifacts beside it, not in ./mlruns
+        exp_id = exp.experiment_id if exp else self.client.create_experiment(name, artifact_location=(db.parent/'mlartifacts').as_uri() if db else None)
         self.run_id = self.client.create_run(exp_id, run_name=self.folder.name, tags={'run_folder': str(self.folder)}).info.run_id
         write_json(self.folder/'mlflow.json', {'tracking_uri': self.uri, 'experiment_id': exp_id, 'run_id': self.run_id})
         from mlflow.entities import Param
