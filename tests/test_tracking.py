@@ -48,7 +48,7 @@ def stop_server(proc):
     "Stop the server we started, by its process group (its id), and wait for it"
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
-        try: proc.wait(timeout=20)
+        try: proc.wait(timeout=3)   # uvicorn waits for open connections to close; the SQLite file has each request committed
         except subprocess.TimeoutExpired: os.killpg(proc.pid, signal.SIGKILL); proc.wait()
 
 @pytest.fixture(scope='module')
