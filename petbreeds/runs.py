@@ -398,10 +398,12 @@ DIVERGED_STATUS, RESUMABLE = 'diverged', 'interrupted (resumable)'
 def _locked(folder:Path) -> bool:
     "Whether a process holds the run folder's lock now (it is training there)"
     if not (folder/LOCK).exists(): return False
-    with open(folder/LOCK, 'a') as f:   # 'a': never truncates it
-        try: fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError: return True
-        fcntl.flock(f, fcntl.LOCK_UN)
+    try:
+        with open(folder/LOCK, 'a') as f:   # 'a': never truncates it
+            try: fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError: return True
+            fcntl.flock(f, fcntl.LOCK_UN)
+    except OSError: pass   # a folder we may not write to: no process of ours trains there
     return False
 
 def run_status(folder:str|Path) -> str:
@@ -433,6 +435,13 @@ def run_summary(folder:str|Path) -> dict:
                 recipe=opts.get('recipe', 'book'), error_rate=number('error_rate'), accuracy=number('accuracy'),
                 seconds=round(sum(float(h['seconds']) for h in history), 1), status=run_status(folder))
 
+def _summary_or_why(folder:Path) -> dict:
+    "`run_summary`, or a row saying the folder's files can't be read (a damaged run is listed, not a crash)"
+    try: return run_summary(folder)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return dict(run=folder.name, folder=str(folder), when='-', arch='-', sizes='-', epochs='-', recipe='-', error_rate=None,
+                    accuracy=None, seconds=None, status=f"unreadable ({type(e).__name__})")
+
 SORTS = {'when': lambda r: r['when'], 'error': lambda r: (r['error_rate'] is None, r['error_rate'] or 0),
          'accuracy': lambda r: (r['accuracy'] is None, -(r['accuracy'] or 0))}   # `petbreeds runs --sort`: runs without the number last
 
@@ -441,7 +450,7 @@ def list_runs(folder:str|Path='runs', sort:str='when') -> list:
     folder = Path(folder)
     if not folder.is_dir(): raise PetbreedsError(f"'{folder}' is not a folder", "pass the folder your runs are in (default: runs/)")
     if sort not in SORTS: raise PetbreedsError(f"unknown sort {sort!r}", f"use one of: {', '.join(SORTS)}")
-    runs = [run_summary(p) for p in sorted(folder.iterdir()) if p.is_dir() and ((p/'config.json').exists() or (p/'lr_find.json').exists())]
+    runs = [_summary_or_why(p) for p in sorted(folder.iterdir()) if p.is_dir() and ((p/'config.json').exists() or (p/'lr_find.json').exists())]
     return sorted(runs, key=SORTS[sort])
 
 def runs_table(runs:list) -> str:
@@ -476,9 +485,9 @@ def compare_runs(runs:list, # Run folders: paths, or names in `base`
         line, = loss.plot(epochs, [float(r['valid_loss']) for r in rows], 'o-', label=name)
         error.plot(epochs, [float(r['error_rate']) for r in rows], 'o-', color=line.get_color(), label=name)
     loss.set(title='validation loss', xlabel='epoch', ylabel='cross-entropy loss'); loss.set_ylim(bottom=0)
-    error.set(title='validation error rate', xlabel='epoch', ylabel='error rate'); error.set_ylim(0, 1)
+    error.set(title='validation error rate', xlabel='epoch', ylabel='error rate'); error.set_ylim(-0.02, 1.02)
     loss.xaxis.get_major_locator().set_params(integer=True)
-    error.legend(fontsize='small'); fig.tight_layout()
+    error.legend(fontsize='small', loc='best'); fig.tight_layout()
     fig.savefig(out/'compare.png', dpi=100); plt.close(fig)
     options = [json.loads((f/'config.json').read_text())['options'] for f in folders]
     differ = [k for k in options[0] if len({json.dumps(o.get(k)) for o in options}) > 1]
