@@ -23,7 +23,7 @@ py_versions = [v for v in ['3.11', '3.12', '3.13'] if Version(v) >= Version(min_
 
 def reqs(key): return cfg.get(key, '').split()
 
-EXTRAS = ('onnx', 'openvino', 'serve', 'timm', 'weights', 'distributed')   # each has a `<name>_requirements` line in settings.ini
+EXTRAS = ('onnx', 'openvino', 'serve', 'timm', 'weights', 'distributed', 'tracking')   # each has a `<name>_requirements` line in settings.ini
 
 setuptools.setup(
     name=cfg['lib_name'],

@@ -5,9 +5,10 @@
 # %% auto #0
 __all__ = ['PREDICT_BATCH', 'UsageError', 'positive_int', 'option_type', 'out_folder', 'build_parser', 'subcommand',
            'run_download', 'add_download', 'run_check', 'add_check', 'run_archs', 'add_archs', 'config_from_args',
-           'run_train', 'add_train', 'run_lr_find', 'add_lr_find', 'run_evaluate', 'add_evaluate', 'image_suffixes',
-           'image_paths', 'printable', 'prediction_columns', 'prediction_row', 'run_predict', 'add_predict',
-           'run_explain', 'add_explain', 'run_export', 'add_export', 'tcp_port', 'run_serve', 'add_serve', 'main']
+           'run_train', 'add_train', 'run_lr_find', 'add_lr_find', 'run_runs', 'add_runs', 'run_evaluate',
+           'add_evaluate', 'image_suffixes', 'image_paths', 'printable', 'prediction_columns', 'prediction_row',
+           'run_predict', 'add_predict', 'run_explain', 'add_explain', 'run_export', 'add_export', 'tcp_port',
+           'run_serve', 'add_serve', 'main']
 
 # %% ../nbs/07_cli.ipynb #954544b8
 import argparse
@@ -161,8 +162,9 @@ def _add_train_options(p):
         demo = '' if m['demo'] is None else f"; --demo: {m['demo']}"
         default = '' if m['default'] in (None, ()) else f" (default: {m['default']}{demo})"
         metavar = '|'.join(m['choices']) if m['choices'] else f.name.upper().replace('_', '-')
+        many = {'action': 'extend'} if m['kind'] == 'names' else {}   # --log a,b or --log a --log b: one list
         groups[m['group']].add_argument('--' + f.name.replace('_', '-'), dest=f.name, type=option_type(f), default=None,
-                                        metavar=metavar, help=m['help'] + default)
+                                        metavar=metavar, help=m['help'] + default, **many)
     p.add_argument('--out', metavar='DIR', type=out_folder('run folder'), help='the run folder (default: runs/<date>-<time>-<arch>)')
 
 def _given_options(args) -> dict:
@@ -257,6 +259,37 @@ def add_lr_find(p):
     Train with a learning rate growing every batch until the loss blows up; print fastai's valley,
     slide, minimum and steep suggestions and write lr_find.png (log scale)."""
     _add_train_options(p)
+
+# %% ../nbs/07_cli.ipynb #9426a5fb
+def run_runs(args) -> int:
+    "List the run folders in DIR, or compare some"
+    from petbreeds.runs import compare_runs, list_runs, runs_table
+    folder = args.dir or 'runs'
+    if args.compare:
+        res = compare_runs(args.compare, out=args.out, base=Path(folder))
+        if args.json: print(json.dumps(res, indent=1)); return 0
+        print(f"options that differ: {', '.join(res['differ']) or 'none'}")
+        print(f"picture: {res['picture']}\npage: {res['page']}")
+        return 0
+    runs = list_runs(folder, sort=args.sort)
+    if args.json: print(json.dumps(runs, indent=1))
+    elif not runs: print(f"no run folders in {folder}")
+    else: print(runs_table(runs))
+    return 0
+
+@subcommand('runs', run_runs)
+def add_runs(p):
+    """list every run folder side by side, or compare some
+
+    One line per run folder in DIR: when it started, arch, sizes, epochs done/planned, recipe, error rate,
+    accuracy, training seconds and status (finished, interrupted (resumable), diverged, running). With
+    --compare, one picture of the runs' validation loss and error rate on shared axes and an HTML table of
+    the options that differ and the results."""
+    p.add_argument('dir', nargs='?', metavar='DIR', help='the folder of run folders (default: runs)')
+    p.add_argument('--sort', choices=('when', 'error', 'accuracy'), default='when', help='order of the lines (default: when; error: lowest first)')
+    p.add_argument('--json', action='store_true', help='print one JSON document instead of the table')
+    p.add_argument('--compare', nargs='+', metavar='RUN', help='run folders (paths, or names in DIR) to compare: writes compare.png and compare.html')
+    p.add_argument('--out', metavar='DIR', type=out_folder(), default='comparison', help='where --compare writes (default: ./comparison)')
 
 # %% ../nbs/07_cli.ipynb #343d7d38
 def run_evaluate(args) -> int:

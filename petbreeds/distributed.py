@@ -243,7 +243,7 @@ def launch_command(argv:list, # The petbreeds command line, e.g. ['train', '--de
     if not isinstance(nproc, int) or isinstance(nproc, bool) or nproc < 1:
         raise PetbreedsError(f"--nproc must be a whole number of at least 1, got {nproc!r}", "pass e.g. --nproc 2 (one per GPU)")
     return [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--local-addr', '127.0.0.1',
-            '--nproc-per-node', str(nproc), '-m', 'petbreeds', *_without_nproc(argv)]
+            '--nproc-per-node', str(nproc), '-m', 'petbreeds', '--', *_without_nproc(argv)]   # after --: torchrun's own parser would take --log for its --log-dir
 
 def launch(argv:list, # The petbreeds command line, e.g. ['train', '--demo', '--nproc', '2']
            nproc:int, # Processes to start on this machine: one per GPU

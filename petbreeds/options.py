@@ -20,7 +20,8 @@ KINDS = {  # kind: what a valid value is, as the error says it ("expected ...")
     'fraction': 'a number between 0 and 1', 'fraction_or_one': 'a number above 0 and at most 1',
     'batch': "2 or more (the new head's BatchNorm needs two images a batch to train)",
     'non_negative': 'a number 0 or more', 'smoothing': 'a number from 0 up to, not including, 1',
-    'sizes': f'sizes in pixels, smallest first, each from {MIN_SIDE} to {MAX_SIDE}, separated by commas (e.g. 128,224)'}
+    'sizes': f'sizes in pixels, smallest first, each from {MIN_SIDE} to {MAX_SIDE}, separated by commas (e.g. 128,224)',
+    'names': 'names separated by commas'}
 WHOLE_NUMBER_KINDS = ('count', 'pixels', 'batch')   # the kinds whose values are whole numbers: read from text with int(), not float()
 
 def option(default, # The value when neither the user nor --demo gives one
@@ -40,6 +41,8 @@ def value_problem(kind:str, # One of `KINDS`
                   value) -> str|None:
     "What is wrong with `value` for an option of `kind`, as \"expected ..., got ...\"; None if nothing is"
     if kind == 'text': return None if isinstance(value, str) else f"expected text, got {value!r}"
+    if kind == 'names':
+        return None if isinstance(value, (tuple, list)) and all(isinstance(v, str) for v in value) else f"expected {KINDS[kind]}, got {value!r}"
     if kind == 'sizes':
         ok = isinstance(value, (tuple, list)) and all(value_problem('pixels', v) is None for v in value) and all(a < b for a, b in zip(value, value[1:]))
         return None if ok else f"expected {KINDS[kind]}, got {','.join(map(str, value)) if isinstance(value, (tuple, list)) else repr(value)}"
@@ -56,13 +59,17 @@ def check_value(f, value):
     problem = value_problem(f.metadata['kind'], value)
     if problem: raise PetbreedsError(f"{f.name}: {problem}", f"pass e.g. {_flag(f)} {f.metadata['example']}")
     choices = f.metadata['choices']
-    if choices and value not in choices: raise PetbreedsError(f"unknown {f.name} {value!r}", f"use one of: {', '.join(map(str, choices))}")
+    if choices and f.metadata['kind'] == 'names':   # each name one of the choices
+        unknown = [v for v in value if v not in choices]
+        if unknown: raise PetbreedsError(f"unknown {f.name} {unknown[0]!r}", f"use one or more of: {', '.join(map(str, choices))}")
+    elif choices and value not in choices: raise PetbreedsError(f"unknown {f.name} {value!r}", f"use one of: {', '.join(map(str, choices))}")
     return value
 
 def parse_value(f, text:str):
     "The value of `TrainConfig` field `f` written as `text` on the command line, checked"
     kind = f.metadata['kind']
     if kind == 'text': return check_value(f, text)
+    if kind == 'names': return check_value(f, tuple(t.strip() for t in text.split(',') if t.strip()))
     if kind == 'sizes':
         try: value = tuple(int(t) for t in text.split(','))
         except ValueError: raise PetbreedsError(f"{f.name}: expected {KINDS[kind]}, got '{text}'", f"pass e.g. {_flag(f)} {f.metadata['example']}") from None
@@ -102,6 +109,7 @@ class TrainConfig:
     precision: str = option('auto', "numeric precision", 'hardware', choices=PRECISIONS)
     device: str = option('auto', "auto, cpu, cuda, cuda:N or mps", 'hardware')
     num_workers: int = option(None, "data loader processes (default: none with the cache, else one per CPU up to 16)", 'hardware', 'count')
+    log: tuple = option((), "also log the run to tensorboard (event files in the run folder) and/or mlflow ($MLFLOW_TRACKING_URI, else <runs>/mlflow.db); repeat or separate with commas", 'tracking', 'names', choices=('tensorboard', 'mlflow'), example='tensorboard')
 
     def __post_init__(self):
         recipe = RECIPES[check_value(_field('recipe'), self.recipe) if self.recipe is not None else 'book']
@@ -110,6 +118,7 @@ class TrainConfig:
             if self.sizes and self.size is None: self.size = self.sizes[-1]   # the model is trained last, and saved, at the last size
             elif self.sizes and self.size != self.sizes[-1]:
                 raise PetbreedsError(f"size {self.size} is not the last of sizes {','.join(map(str, self.sizes))}, the size the model ends at", "drop --size, or end --sizes with it")
+        if self.log is not None: self.log = tuple(dict.fromkeys(check_value(_field('log'), self.log)))   # a list in config.json; once each
         for f in option_fields():
             value = getattr(self, f.name)
             if value is None:   # not given: the demo's value, else the recipe's, else the default

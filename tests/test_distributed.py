@@ -196,17 +196,21 @@ def cli_runs(tmp_path_factory, subprocess_env):
     images = synthetic_pets(d/'images', per_class=3, size=64)
     env = {**subprocess_env, 'PETBREEDS_HOME': str(d/'home'), 'OMP_NUM_THREADS': '1'}   # offline, stand-in weights
     common = [images, '--arch', 'resnet18', '--size', 64, '--presize', 64, '--epochs', 1, '--freeze-epochs', 1, '--valid-pct', 0.3, '--num-workers', 0]
-    two = petbreeds_cmd('train', *common, '--bs', 8, '--nproc', 2, '--out', d/'two', env=env, cwd=d, timeout=600)
+    tracking = f"sqlite:///{tmp_path_factory.mktemp('tracking')/'mlflow.db'}"   # outside d: the run writes nothing else there
+    two = petbreeds_cmd('train', *common, '--bs', 8, '--nproc', 2, '--out', d/'two', '--log', 'tensorboard,mlflow',
+                        env={**env, 'MLFLOW_TRACKING_URI': tracking}, cwd=d, timeout=600)
     one = petbreeds_cmd('train', *common, '--bs', 16, '--out', d/'one', env=env, cwd=d, timeout=600)
-    return d, two, one
+    return d, two, one, tracking
 
 def test_train_nproc_2_writes_one_run_folder_once(cli_runs):
-    d, two, _ = cli_runs
+    d, two, _, _ = cli_runs
     assert two.returncode == 0, two.stderr[-3000:]
     lines = two.stdout.splitlines()   # process 0 alone prints: each line once
     assert [l.split(' ')[:2] for l in lines if l.startswith('epoch ')] == [['epoch', '1'], ['epoch', '2']], two.stdout
     assert sum(l.startswith('run folder: ') for l in lines) == 1 and sum(l.startswith('error_rate ') for l in lines) == 1, two.stdout
-    assert two.stderr.strip().splitlines() == [f"petbreeds: training as 2 data-parallel processes under torchrun; run folder: {d/'two'}"], two.stderr
+    said = two.stderr.strip().splitlines()   # process 0 alone logs to the trackers: each says where, once
+    assert [l.split(':')[1] for l in said[1:]] == [' TensorBoard', ' MLflow'], two.stderr
+    assert said[0] == f"petbreeds: training as 2 data-parallel processes under torchrun; run folder: {d/'two'}", two.stderr
     assert 'data-parallel: 2 processes x batch 8 = global batch 16, lr 0.003' in two.stdout
     assert not (d/'runs').exists() and sorted(p.name for p in d.iterdir()) == ['home', 'images', 'one', 'two']
     history = (d/'two'/'history.csv').read_text().splitlines()
@@ -214,7 +218,7 @@ def test_train_nproc_2_writes_one_run_folder_once(cli_runs):
     assert {'model.safetensors', 'metrics.json', 'config.json', 'loss.png', 'report.html'} <= {p.name for p in (d/'two').iterdir()}
 
 def test_train_nproc_2_replicas_agree_and_validation_counts_once(cli_runs):
-    d, two, one = cli_runs
+    d, two, one, _ = cli_runs
     assert two.returncode == one.returncode == 0, two.stderr[-3000:] + one.stderr[-3000:]
     m2, m1 = (json.loads((d/name/'metrics.json').read_text()) for name in ('two', 'one'))
     config = json.loads((d/'two'/'config.json').read_text())
@@ -225,6 +229,18 @@ def test_train_nproc_2_replicas_agree_and_validation_counts_once(cli_runs):
     assert abs(m2['accuracy'] - m1['accuracy']) <= ACCURACY_TOLERANCE, (m2['accuracy'], m1['accuracy'])
     from petbreeds.inference import Predictor    # the model file is whole and answers
     assert Predictor.from_file(d/'two'/'model.safetensors').predict([next((d/'images').glob('pug_*.jpg'))])[0]['predictions']
+
+def test_train_nproc_2_is_one_tracked_run(cli_runs):
+    "Process 0 alone logs: one MLflow run, with the processes and the global batch; one TensorBoard event file"
+    from mlflow import MlflowClient
+    d, two, _, tracking = cli_runs
+    assert two.returncode == 0, two.stderr[-3000:]
+    client = MlflowClient(tracking)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) == 1 and runs[0].info.run_id == json.loads((d/'two'/'mlflow.json').read_text())['run_id']
+    params = runs[0].data.params
+    assert (params['processes'], params['global_bs'], params['bs'], runs[0].info.status) == ('2', '16', '8', 'FINISHED')
+    assert len(list((d/'two').glob('events.out.tfevents.*'))) == 1
 
 def _worker_pid(out:Path, local_rank:int) -> int|None:
     "The pid of the training process with `local_rank` whose command line names the run folder `out`"
@@ -242,7 +258,7 @@ def test_a_distributed_run_whose_process_dies_resumes(cli_runs, subprocess_env):
     "Process 1 is killed after the first unfrozen epoch; `--resume --nproc 2` finishes the run on two processes"
     import signal
     from test_cli import BIN, petbreeds_cmd
-    d, _, _ = cli_runs
+    d, _, _, _ = cli_runs
     run = d/'resumed'
     env = {**subprocess_env, 'PETBREEDS_HOME': str(d/'home'), 'OMP_NUM_THREADS': '1'}
     cmd = [str(BIN/'petbreeds'), 'train', str(d/'images'), '--arch', 'resnet18', '--size', '64', '--presize', '64', '--epochs', '3',
