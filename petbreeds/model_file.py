@@ -19,6 +19,7 @@ from pathlib import Path
 from .backbones import is_arch_name, is_timm, timm_body
 from .core import PetbreedsError, library_versions, replace_when_done, species_of_classes
 from .input_spec import InputSpec
+from .options import labels_problem
 
 # %% ../nbs/00f_model_file.ipynb #9d440136
 MODEL_FORMAT, FORMAT_VERSION = 'petbreeds-model', 2
@@ -27,13 +28,14 @@ READABLE_VERSIONS = (1, 2)   # 1: the input spec called its item side 'presize'
 def model_meta(arch:str, # A torchvision ResNet or a timm name
                vocab:list, # The class names, in the order of the model's outputs
                spec:InputSpec, # How images were prepared for the model
-               metrics:dict=None # Training metrics to record
+               metrics:dict=None, # Training metrics to record
+               labels:str=None # Where the training labels came from, as `--labels` takes it (`petbreeds.data.label_images`): evaluate labels a folder the same way
               ) -> dict:
     "Everything besides the weights that a predictor needs"
     vocab = [str(v) for v in vocab]
     return {'format': MODEL_FORMAT, 'format_version': FORMAT_VERSION, 'arch': arch, 'vocab': vocab, 'species': species_of_classes(vocab),
             'input': spec.to_dict(), 'metrics': metrics or {}, 'versions': library_versions(),
-            'created': datetime.now(timezone.utc).isoformat(timespec='seconds')}
+            'created': datetime.now(timezone.utc).isoformat(timespec='seconds'), **({'labels': labels} if labels else {})}
 
 # %% ../nbs/00f_model_file.ipynb #9dbe5264
 def write_model_file(path:str|Path, # The .safetensors file to write
@@ -82,6 +84,7 @@ def check_meta(path, text:str|None) -> dict:
         raise not_a_model(path, "its vocabulary is not a list of two or more distinct class names")
     if meta['species'] != species_of_classes(vocab): raise not_a_model(path, "its species do not match its class names")
     if not isinstance(meta.get('metrics', {}), dict): raise not_a_model(path, "its metrics are not a JSON object")
+    if 'labels' in meta and labels_problem(meta['labels']): raise not_a_model(path, f"its label source {meta['labels']!r} is not one --labels takes")
     try: spec = InputSpec.from_dict(meta['input'])
     except PetbreedsError as e: raise not_a_model(path, e.problem) from None
     return {**meta, 'input': spec.to_dict()}
