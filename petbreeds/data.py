@@ -388,13 +388,13 @@ def folder_labels(folder:Path) -> LabelledImages:
     "A folder per class: the given split from `train/` and `valid/` (or `val/`) folders, with `test/` kept apart; else one level of class folders"
     given = _split_folders(folder)
     if 'train' in given and 'valid' in given:
-        res = LabelledImages(folder, 'folders', f"train/ and {given['valid'].name}/ folders with a folder per class: the given split is used"
+        res = LabelledImages(folder, 'folders', f"train/ and {given['valid'].name}/ folders with a folder per class, the given split"
                              + (f", {given['test'].name}/ is kept for evaluate" if 'test' in given else ''), {}, {})
         for kind, d in given.items(): _class_folders(d, folder, res, kind)
         for p in sorted(folder.iterdir()):
             if p.is_dir() and p not in given.values() and not p.name.startswith('.'): res.notes.append(f"left out '{p.name}/': not train/, valid/ or test/")
     else:
-        res = LabelledImages(folder, 'folders', "a folder per class: a random, seeded split", {})
+        res = LabelledImages(folder, 'folders', "a folder per class, a random seeded split", {})
         _class_folders(folder, folder, res)
     if res.renamed:
         shown = ', '.join(f"{k} -> {v}" for k, v in list(res.renamed.items())[:3])
@@ -416,7 +416,7 @@ def csv_labels(folder:Path, csv_file:Path=None) -> LabelledImages:
     except (UnicodeDecodeError, OSError) as e: raise PetbreedsError(f"can't read '{csv_file}' as UTF-8 text ({e})", "save it as CSV UTF-8") from None
     rows = [r for r in csv.reader(io.StringIO(text)) if any(c.strip() for c in r)]
     source = f"csv:{csv_file.resolve()}" if explicit else 'csv'
-    res = LabelledImages(folder, source, f"{'the CSV ' + str(csv_file) if explicit else LABELS_CSV + ' at the top of the folder'}: a random, seeded split", {})
+    res = LabelledImages(folder, source, f"{'the CSV ' + str(csv_file) if explicit else LABELS_CSV + ' at the top of the folder'}, a random seeded split", {})
     start, (fc, lc) = 0, (0, 1)
     if rows and not (folder/_unsafe(rows[0][0].strip())).is_file() and rows[0][0].strip().lower() in FILE_COLUMNS:
         start, (fc, lc) = 1, _columns(rows[0])
@@ -442,14 +442,14 @@ def csv_labels(folder:Path, csv_file:Path=None) -> LabelledImages:
 def regex_labels(folder:Path, pattern:str) -> LabelledImages:
     "Labels from the first group of `pattern` searched in each file's name (fastai's `RegexLabeller`)"
     rx = re.compile(pattern)
-    res = LabelledImages(folder, f'regex:{pattern}', f"the first group of {pattern!r} in each file name: a random, seeded split", {})
+    res = LabelledImages(folder, f'regex:{pattern}', f"the first group of {pattern!r} in each file name, a random seeded split", {})
     for p in walk_files(folder, IMAGE_EXTENSIONS):
         m = rx.search(p.name)
         if m and m.group(1): res.labels[p] = m.group(1)
         else: res.unlabelled[res.name(p)] = f"{pattern!r} does not match its name"
     return res
 
-def pets_labels(folder:Path, target:str=DEFAULTS.target, reason:str="Pets' file names, <breed>_<number>.jpg: a random, seeded split") -> LabelledImages:
+def pets_labels(folder:Path, target:str=DEFAULTS.target, reason:str="Pets' file names, <breed>_<number>.jpg, a random seeded split") -> LabelledImages:
     "Oxford-IIIT Pet's rule: the breed in each file's name (`PetsLabeller(target)`)"
     label_func, res = PetsLabeller(target), LabelledImages(folder, 'pets', reason, {})
     for p in walk_files(folder, IMAGE_EXTENSIONS):
@@ -502,9 +502,7 @@ def label_images(path:str|Path, # The images folder
     elif kind == 'folders': res = folder_labels(folder)
     elif kind == 'csv': res = csv_labels(folder, Path(arg) if arg else None)
     else: res = regex_labels(folder, arg)
-    if why: res.reason = f"{why}; {res.reason}"
-    if labels == 'auto': res.reason = f"{kind} ({res.reason}; chosen by --labels auto)"
-    else: res.reason = f"{kind} ({res.reason})"
+    res.reason = f"{kind}: {res.reason}" + (f" (--labels auto found {why})" if why else '')
     return res
 
 # %% ../nbs/01_data.ipynb #52beaf20
@@ -681,7 +679,7 @@ class ImageCheck:
         lines.append(f"{_count(self.problems, 'problem')} found" if self.problems else "no problems found")
         return '\n'.join(lines)
 
-def _count(n, noun): return f"{n} {noun}{'' if n == 1 else 's'}"
+def _count(n, noun): return f"{n} {noun}{'' if n == 1 else 'es' if noun.endswith('s') else 's'}"
 
 def _inspect(path:Path):
     "(sha256, problem, (width, height)) for one file; a file that can't be read is a problem, not a crash"
@@ -835,7 +833,7 @@ def _given_labels(path, fnames, labels, source:str) -> LabelledImages:
     fnames, labels = list(fnames), list(labels)
     if len(fnames) != len(labels): raise PetbreedsError(f"{len(fnames)} files but {len(labels)} labels", "give one label per file")
     files = [Path(f) if Path(f).is_absolute() else folder/f for f in fnames]
-    return LabelledImages(folder, source, f"{source} (given from Python): a random, seeded split", {f: str(l) for f, l in zip(files, labels)})
+    return LabelledImages(folder, source, f"{source} (given from Python), a random seeded split", {f: str(l) for f, l in zip(files, labels)})
 
 def folder_dataloaders(path, valid_pct=DEFAULTS.valid_pct, seed=DEFAULTS.seed, bs=DEFAULTS.bs, size=DEFAULTS.size, presize=DEFAULTS.presize, min_scale=DEFAULTS.min_scale, **kwargs):
     "Labels from each image's folder: `path/train/<label>/...` and `path/valid/<label>/...`, or a random split: `image_dataloaders(path, 'folders')`"

@@ -76,7 +76,7 @@ def check_value(f, value):
 def parse_value(f, text:str):
     "The value of `TrainConfig` field `f` written as `text` on the command line, checked"
     kind = f.metadata['kind']
-    if kind == 'text': return check_value(f, text)
+    if kind in ('text', 'labels'): return check_value(f, text)
     if kind == 'sizes':
         try: value = tuple(int(t) for t in text.split(','))
         except ValueError: raise PetbreedsError(f"{f.name}: expected {KINDS[kind]}, got '{text}'", f"pass e.g. {_flag(f)} {f.metadata['example']}") from None
