@@ -7,10 +7,10 @@ __all__ = ['PETS_NAME_RE', 'PETS_IMAGES', 'IMAGE_EXTENSIONS', 'TARGETS', 'WORDNE
            'LABEL_COLUMNS', 'breed_of', 'get_pets', 'walk_files', 'image_problem', 'get_pet_images', 'PetsSplitter',
            'species_of_file', 'PetsLabeller', 'spec_tfms', 'presizing_tfms', 'pets_block', 'class_of_folder',
            'spreadsheet_safe', 'LabelledImages', 'folder_labels', 'csv_labels', 'regex_labels', 'pets_labels',
-           'detect_labels', 'label_images', 'usable_images', 'LabelOf', 'GivenSplitter', 'image_dataloaders',
-           'pets_dataloaders', 'input_spec_of', 'ImageCheck', 'check_images', 'LabelCheck', 'check_labelled',
-           'folder_dataloaders', 'csv_dataloaders', 'df_dataloaders', 'name_re_dataloaders', 'name_func_dataloaders',
-           'lists_dataloaders']
+           'detect_labels', 'label_images', 'refuse_conflicts', 'usable_images', 'LabelOf', 'GivenSplitter',
+           'image_dataloaders', 'pets_dataloaders', 'input_spec_of', 'ImageCheck', 'check_images', 'LabelCheck',
+           'check_labelled', 'folder_dataloaders', 'csv_dataloaders', 'df_dataloaders', 'name_re_dataloaders',
+           'name_func_dataloaders', 'lists_dataloaders']
 
 # %% ../nbs/01_data.ipynb #fc6ae749
 import contextlib
@@ -362,6 +362,14 @@ def _links_up(d:Path, folder:Path) -> bool:
     real, top = Path(os.path.realpath(d)), Path(os.path.realpath(folder))
     return real == top or real in top.parents
 
+def _walk_inside(folder:Path, extensions=IMAGE_EXTENSIONS) -> list:
+    "`walk_files(folder, extensions)`, leaving out the folders at its top that link back up to it or above (a link to '..' would walk the whole parent)"
+    top = sorted(p for p in folder.iterdir() if not p.name.startswith('.'))
+    files = [p for p in top if p.is_file() and (extensions is None or p.suffix.lower() in extensions)]
+    for d in top:
+        if d.is_dir() and not _links_up(d, folder): files += walk_files(d, extensions)
+    return list(dict.fromkeys(files))
+
 def _class_folders(root:Path, folder:Path, res:LabelledImages, split:str=None):
     "Label the images under each folder of `root` with the folder's class; images directly in `root` have none"
     for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith('.')):
@@ -369,7 +377,9 @@ def _class_folders(root:Path, folder:Path, res:LabelledImages, split:str=None):
             res.notes.append(f"left out '{res.name(d)}': a link to '{os.readlink(d)}', a folder holding this one"); continue
         label = class_of_folder(d.name)
         if label != d.name: res.renamed[d.name] = label
-        for p in walk_files(d, IMAGE_EXTENSIONS):
+        files = walk_files(d, IMAGE_EXTENSIONS)
+        if not files: res.notes.append(f"'{res.name(d)}/' holds no images: not a class")
+        for p in files:
             res.labels[p] = label
             if split: res.split[p] = split
     for p in sorted(root.iterdir()):
@@ -435,7 +445,7 @@ def csv_labels(folder:Path, csv_file:Path=None) -> LabelledImages:
     for name in missing: res.unlabelled[name] = f'named in {csv_file.name}, but no such file'
     for name in outside: res.unlabelled[name] = f'named in {csv_file.name}, but outside the folder'
     if short: res.notes.append(f"{_count(len(short), 'row')} of {csv_file.name} without a file and a label: row {', '.join(map(str, short[:5]))}")
-    for p in walk_files(folder, IMAGE_EXTENSIONS):
+    for p in _walk_inside(folder):
         if p not in res.labels and res.name(p) not in res.unlabelled: res.unlabelled[res.name(p)] = f'not in {csv_file.name}'
     return res
 
@@ -443,7 +453,7 @@ def regex_labels(folder:Path, pattern:str) -> LabelledImages:
     "Labels from the first group of `pattern` searched in each file's name (fastai's `RegexLabeller`)"
     rx = re.compile(pattern)
     res = LabelledImages(folder, f'regex:{pattern}', f"the first group of {pattern!r} in each file name, a random seeded split", {})
-    for p in walk_files(folder, IMAGE_EXTENSIONS):
+    for p in _walk_inside(folder):
         m = rx.search(p.name)
         if m and m.group(1): res.labels[p] = m.group(1)
         else: res.unlabelled[res.name(p)] = f"{pattern!r} does not match its name"
@@ -452,7 +462,7 @@ def regex_labels(folder:Path, pattern:str) -> LabelledImages:
 def pets_labels(folder:Path, target:str=DEFAULTS.target, reason:str="Pets' file names, <breed>_<number>.jpg, a random seeded split") -> LabelledImages:
     "Oxford-IIIT Pet's rule: the breed in each file's name (`PetsLabeller(target)`)"
     label_func, res = PetsLabeller(target), LabelledImages(folder, 'pets', reason, {})
-    for p in walk_files(folder, IMAGE_EXTENSIONS):
+    for p in _walk_inside(folder):
         try: res.labels[p] = label_func(p)
         except PetbreedsError: res.unlabelled[res.name(p)] = 'no breed in the name'
     return res
@@ -460,7 +470,7 @@ def pets_labels(folder:Path, target:str=DEFAULTS.target, reason:str="Pets' file 
 # %% ../nbs/01_data.ipynb #f941663d
 def _layouts(folder:Path) -> dict:
     "Each label source that fits `folder`, with why: {'--labels value': 'reason'}"
-    files = walk_files(folder, IMAGE_EXTENSIONS)
+    files = _walk_inside(folder)
     fits = {}
     if (folder/LABELS_CSV).is_file(): fits['csv'] = f"{LABELS_CSV} at the top of the folder"
     named = sum(1 for p in files if PETS_NAME_RE.match(p.name) and PETS_NAME_RE.match(p.name).group(1) in BREEDS)
@@ -506,10 +516,14 @@ def label_images(path:str|Path, # The images folder
     return res
 
 # %% ../nbs/01_data.ipynb #52beaf20
-def usable_images(found:LabelledImages, sets=('train', 'valid')) -> list:
-    "The labelled files of `found` in `sets` that open as images, warning once about every file left out; a file with two labels is an error"
+def refuse_conflicts(found:LabelledImages):
+    "A one-line error if a file of `found` was given two labels (a CSV naming it twice)"
     if found.conflicts: raise PetbreedsError(found.conflicts[0] + (f" (and {len(found.conflicts) - 1} more)" if len(found.conflicts) > 1 else ''),
                                              "keep one label per file, then run `petbreeds check`")
+
+def usable_images(found:LabelledImages, sets=('train', 'valid')) -> list:
+    "The labelled files of `found` in `sets` that open as images, warning once about every file left out; a file with two labels is an error"
+    refuse_conflicts(found)
     files = found.files(sets)
     left_out, good = dict(found.unlabelled), []
     for p in files:
@@ -772,7 +786,7 @@ def check_labelled(found:LabelledImages, # From `label_images`
                   ) -> LabelCheck:
     "Count, decode and hash every file under `found.folder`: images per class, unlabelled and unreadable files, the same picture twice (two classes, or train and valid)"
     folder = found.folder
-    files = walk_files(folder)
+    files = _walk_inside(folder, None)
     image_files = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
     labelled = list(found.labels)
     todo = list(dict.fromkeys(files + labelled))   # a CSV may name files walk_files saw another way

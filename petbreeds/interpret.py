@@ -270,8 +270,8 @@ def plot_suspects(ev:Evaluation, n:int=12, spec:InputSpec=None, cols:int=4):
     for ax, i in zip(axs.flat, idx):
         with Image.open(ev.items[i]) as im: ax.imshow(spec.item(im))
         t, p = ev.targets[i], ev.preds[i]
-        ax.set_title(f"{Path(ev.items[i]).name}\ngiven: {ev.vocab[t]} ({ev.probs[i, t]:.2f})\nmodel: {ev.vocab[p]} ({ev.probs[i, p]:.2f})", fontsize=8)
-    fig.suptitle('suspect labels: the model finds the given label least likely', fontsize=10)
+        ax.set_title(f"{Path(ev.items[i]).parent.name}/{Path(ev.items[i]).name}\ngiven: {ev.vocab[t]} ({ev.probs[i, t]:.2f})\nmodel: {ev.vocab[p]} ({ev.probs[i, p]:.2f})", fontsize=8)
+    fig.suptitle('suspect labels: the model finds the given label least likely', fontsize=10, y=1.0)
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', message='Glyph')   # a class name in a script the font lacks: shown as boxes, not warned about
         fig.tight_layout()

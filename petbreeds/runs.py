@@ -118,8 +118,9 @@ def _images(cfg:TrainConfig) -> tuple:
 
 def _labelled(images:Path, cfg:TrainConfig):
     "The images' labels from `cfg.labels` (`petbreeds.data.label_images`); --target species only with Pets' names"
-    from petbreeds.data import label_images
+    from petbreeds.data import label_images, refuse_conflicts
     found = label_images(images, cfg.labels, cfg.target)
+    refuse_conflicts(found)   # before the line that says where the labels come from
     if cfg.target != 'breed' and found.source != 'pets':
         raise PetbreedsError(f"--target {cfg.target} needs Pets' file names, but the labels of '{images}' come from {found.source}", "drop --target")
     return found
