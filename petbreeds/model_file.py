@@ -19,7 +19,6 @@ from pathlib import Path
 from .backbones import is_arch_name, is_timm, timm_body
 from .core import PetbreedsError, library_versions, replace_when_done, species_of_classes
 from .input_spec import InputSpec
-from .options import labels_problem
 
 # %% ../nbs/00f_model_file.ipynb #9d440136
 MODEL_FORMAT, FORMAT_VERSION = 'petbreeds-model', 2
@@ -84,7 +83,7 @@ def check_meta(path, text:str|None) -> dict:
         raise not_a_model(path, "its vocabulary is not a list of two or more distinct class names")
     if meta['species'] != species_of_classes(vocab): raise not_a_model(path, "its species do not match its class names")
     if not isinstance(meta.get('metrics', {}), dict): raise not_a_model(path, "its metrics are not a JSON object")
-    if 'labels' in meta and labels_problem(meta['labels']): raise not_a_model(path, f"its label source {meta['labels']!r} is not one --labels takes")
+    if not isinstance(meta.get('labels', ''), str): raise not_a_model(path, "its label source is not text")
     try: spec = InputSpec.from_dict(meta['input'])
     except PetbreedsError as e: raise not_a_model(path, e.problem) from None
     return {**meta, 'input': spec.to_dict()}
