@@ -65,6 +65,7 @@ def test_presplit_trains_on_the_given_split_and_evaluates_its_test_folder(prespl
     assert answer['predictions'][0]['label'] in CLASSES and 'species' not in answer   # no species rather than a wrong one
     assert snapshot(presplit['data']) == presplit['before']
 
+@pytest.mark.hostile
 def test_every_layout_of_the_same_classes_is_labelled_and_evaluated(presplit, kit, tmp_path, capsys):
     "A folder per class, Stanford's WordNet names, a CSV, a regex: check says which source; the model evaluates a folder as it was labelled"
     layouts = {'folders': (), 'wordnet': (), 'csv': ('--labels', 'csv'), 'regex': ('--labels', r'regex:^(.+)\.\d+\.jpg$')}
@@ -94,6 +95,7 @@ def test_a_class_the_model_never_saw_is_one_line_and_a_missing_one_is_named(pres
     assert '16 images (all of' in out and 'classes with no images here: Luna' in out, out
     assert json.loads((tmp_path/'ev'/'evaluation.json').read_text())['classes_without_images'] == ['Luna']
 
+@pytest.mark.hostile
 def test_suspects_are_the_images_whose_given_label_is_least_likely(presplit, kit, tmp_path, capsys):
     "A CSV with three wrong labels and a file named like a formula: the suspects are the lowest p(given label), as the predictor computes it"
     from petbreeds.inference import Predictor
