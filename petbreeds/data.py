@@ -487,9 +487,12 @@ def _layouts(folder:Path) -> dict:
 
 def detect_labels(folder:str|Path) -> str:
     "The one label source that fits `folder` ('pets', 'folders' or 'csv'), or a one-line error naming the candidates and how to pick each"
-    folder = Path(folder)
+    return _detect(Path(folder))[0]
+
+def _detect(folder:Path) -> tuple:
+    "(source, why) for the one layout that fits `folder`, or `detect_labels`' error"
     fits = _layouts(folder)
-    if len(fits) == 1: return next(iter(fits))
+    if len(fits) == 1: return next(iter(fits.items()))
     pick = "; ".join(f"{why}: --labels {k}" for k, why in fits.items())
     if fits: raise PetbreedsError(f"'{folder}' fits {len(fits)} ways of labelling ({pick})", "pick one with --labels")
     raise PetbreedsError(f"'{folder}' has no layout petbreeds knows: no Pets file names, no folder per class, no train/ and valid/ folders, no {LABELS_CSV}",
@@ -505,8 +508,7 @@ def label_images(path:str|Path, # The images folder
     check_option('labels', labels)
     kind, _, arg = labels.partition(':')
     if kind == 'auto':
-        kind = detect_labels(folder)
-        why = _layouts(folder)[kind]
+        kind, why = _detect(folder)
     else: why = None
     if kind == 'pets': res = pets_labels(folder, target)
     elif kind == 'folders': res = folder_labels(folder)
