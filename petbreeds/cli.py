@@ -111,10 +111,16 @@ def add_download(p):
     p.add_argument('--dest', metavar='DIR', help='where to put the archive and the data (default: $PETBREEDS_HOME, else fastai\'s data folder)')
 
 # %% ../nbs/07_cli.ipynb #00986c6c
+def _add_labels(p, default):
+    "--labels, with the `TrainConfig` option's rule and help"
+    f = TrainConfig.__dataclass_fields__['labels']
+    p.add_argument('--labels', type=option_type(f), default=default, metavar='SOURCE',
+                   help=f.metadata['help'] + (f" (default: {default})" if default else " (default: as the model's training labelled its folder)"))
+
 def run_check(args) -> int:
     "Check a folder of images; 0 if clean, 1 if problems were found"
     from petbreeds.data import check_images
-    report = check_images(_images_folder(args.dir))
+    report = check_images(_images_folder(args.dir), labels=args.labels)
     print(json.dumps(report.to_dict(), indent=1) if args.json else report)
     return 1 if report.problems else 0
 
@@ -122,9 +128,12 @@ def run_check(args) -> int:
 def add_check(p):
     """count, label and decode every image in a folder; list what is wrong
 
-    Images per breed and species, names with no breed, unreadable files, identical files and the
-    smallest image. Exit code 0: clean; 1: problems found; 2: bad input."""
-    p.add_argument('dir', nargs='?', metavar='DIR', help='folder of Pets-style images (default: the downloaded Pets images)')
+    Which label source it used, images per class (per breed and species for Pets' names), files with no
+    label, unreadable files, the same picture twice (under two classes, in train and valid, or just copied),
+    classes too small to split, and the smallest image. It never changes the folder. Exit code 0: clean;
+    1: problems found (each with its fix); 2: bad input."""
+    p.add_argument('dir', nargs='?', metavar='DIR', help='folder of images (default: the downloaded Pets images)')
+    _add_labels(p, 'auto')
     p.add_argument('--json', action='store_true', help='print one JSON document instead of text')
 
 # %% ../nbs/07_cli.ipynb #dbe5b880
@@ -294,7 +303,8 @@ def add_runs(p):
 # %% ../nbs/07_cli.ipynb #343d7d38
 def run_evaluate(args) -> int:
     from petbreeds.runs import evaluate_model
-    res = evaluate_model(args.model, args.dir, tta=args.tta, out=args.out)
+    if args.suspects and args.dir is None: raise UsageError("--suspects ranks the labels of a folder: give MODEL DIR")
+    res = evaluate_model(args.model, args.dir, tta=args.tta, out=args.out, labels=args.labels, suspects=args.suspects or 0, say=_say)
     if args.json:
         print(json.dumps(res, indent=1))
         return 0
@@ -307,6 +317,11 @@ def run_evaluate(args) -> int:
     if res['most_confused']:
         print("most confused (actual -> predicted: images):")
         for a, p, n in res['most_confused']: print(f"  {a} -> {p}: {n}")
+    if res.get('classes_without_images'): print(f"classes with no images here: {', '.join(res['classes_without_images'])}")
+    if 'suspects' in res:
+        print(f"suspect labels (given -> the model's guess, p(given)), least likely first:")
+        for r in res['suspects'][:10]: print(f"  {r['file']}: {r['given']} -> {r['predicted']} ({r['probability']:.3f})")
+        print(f"all {len(res['suspects'])}: {res['suspects_csv']} and {res['suspects_png']}; to relabel, correct {res['labels_csv']} and train with --labels csv:FILE")
     print(f"plots and tables: {res['out']}")
     return 0
 
@@ -315,9 +330,11 @@ def add_evaluate(p):
     """measure a saved model: error rate, species error, calibration, confused pairs
 
     Evaluate MODEL on its own validation split (from its run folder) or on every labelled image in DIR;
-    write confusion.png, top_losses.png, calibration.png, per_breed.csv and evaluation.json."""
+    write confusion.png, top_losses.png, calibration.png, per_breed.csv (per_class.csv where the classes are not breeds) and evaluation.json."""
     p.add_argument('model', metavar='MODEL', help='a model.safetensors from a run folder')
-    p.add_argument('dir', nargs='?', metavar='DIR', help="labelled images (default: the model's own validation split)")
+    p.add_argument('dir', nargs='?', metavar='DIR', help="labelled images: their test/ folder if they have one, else all of them (default: the model's own validation split)")
+    _add_labels(p, None)
+    p.add_argument('--suspects', type=positive_int, metavar='N', help="also list the N images of DIR (training and validation alike) whose given label the model finds least likely: suspects.csv, suspects.png, and labels.csv to correct")
     p.add_argument('--tta', action='store_true', help="also evaluate with fastai's test-time augmentation")
     p.add_argument('--json', action='store_true', help='print one JSON document and nothing else')
     p.add_argument('--out', metavar='DIR', type=out_folder(), help='where to write plots and tables (default: evaluation/ beside MODEL)')

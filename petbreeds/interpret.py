@@ -5,7 +5,8 @@
 # %% auto #0
 __all__ = ['Evaluation', 'evaluate', 'confusion_matrix', 'most_confused', 'per_class_table', 'species_error', 'reliability',
            'expected_calibration_error', 'plot_confusion', 'plot_reliability', 'top_loss_indices', 'top_loss_cams',
-           'plot_top_losses', 'summarise', 'write_evaluation', 'write_report']
+           'plot_top_losses', 'summarise', 'per_class_file', 'write_evaluation', 'suspect_indices', 'suspect_rows',
+           'plot_suspects', 'write_suspects', 'write_report']
 
 # %% ../nbs/03_interpret.ipynb #38d77b26
 import csv
@@ -218,10 +219,14 @@ def summarise(ev:Evaluation, ev_tta:Evaluation=None, top:int=5) -> dict:
                       'ece': expected_calibration_error(ev_tta)}
     return res
 
+def per_class_file(vocab:list) -> str:
+    "The per-class table's file name: per_breed.csv where every class is a Pets breed or species, else per_class.csv"
+    return 'per_breed.csv' if all(s is not None for s in species_of_classes(vocab)) else 'per_class.csv'
+
 def write_evaluation(folder:str|Path, ev:Evaluation, ev_tta:Evaluation=None, spec:InputSpec=None, extra:dict=None,
                      model_file:str|Path=None # The model evaluated: its Grad-CAM heatmaps go over the top losses
                     ) -> dict:
-    "Write confusion.png, top_losses.png, calibration.png, per_breed.csv and evaluation.json into `folder`"
+    "Write confusion.png, top_losses.png, calibration.png, per_breed.csv (per_class.csv where the classes are not Pets breeds) and evaluation.json into `folder`"
     import matplotlib.pyplot as plt
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     summary = {**summarise(ev, ev_tta), **(extra or {})}
@@ -235,10 +240,70 @@ def write_evaluation(folder:str|Path, ev:Evaluation, ev_tta:Evaluation=None, spe
             fig.savefig(folder/name, dpi=100)
         plt.close(fig)
     rows = per_class_table(ev)
-    with open(folder/'per_breed.csv', 'w', newline='', encoding='utf-8') as f:   # class names are the user's: no cell a spreadsheet would run
-        w = csv.DictWriter(f, fieldnames=list(rows[0])); w.writeheader(); w.writerows({k: spreadsheet_safe(v) for k, v in r.items()} for r in rows)
+    with open(folder/per_class_file(ev.vocab), 'w', newline='', encoding='utf-8') as f:   # class names are the user's: no cell a spreadsheet would run
+        w = csv.DictWriter(f, fieldnames=list(rows[0])); w.writeheader()
+        w.writerows({k: spreadsheet_safe(v) if isinstance(v, str) else v for k, v in r.items()} for r in rows)
     (folder/'evaluation.json').write_text(json.dumps(summary, indent=1))
     return summary
+
+# %% ../nbs/03_interpret.ipynb #9efc4866
+def suspect_indices(ev:Evaluation, n:int=20) -> np.ndarray:
+    "The indices of the `n` images whose given label the model finds least likely, least likely first"
+    given = ev.probs[np.arange(len(ev.targets)), ev.targets]
+    return np.argsort(given, kind='stable')[:min(n, len(ev.targets))]
+
+def suspect_rows(ev:Evaluation, n:int=20, root:str|Path=None) -> list:
+    "One row per suspect: its file (relative to `root`), the given label, the model's top class and the probability it gives the given label"
+    rows = []
+    for i in suspect_indices(ev, n):
+        f = Path(ev.items[i]) if ev.items else Path(str(i))
+        if root is not None:
+            try: f = f.relative_to(root)
+            except ValueError: pass
+        rows.append({'file': f.as_posix(), 'given': ev.vocab[ev.targets[i]], 'predicted': ev.vocab[ev.preds[i]],
+                     'probability': round(float(ev.probs[i, ev.targets[i]]), 4)})
+    return rows
+
+def plot_suspects(ev:Evaluation, n:int=12, spec:InputSpec=None, cols:int=4):
+    "A contact sheet of the `n` suspects: each image as the model saw it, its given label, the model's guess"
+    import warnings
+    import matplotlib.pyplot as plt
+    from PIL import Image
+    spec = spec or InputSpec()
+    idx = suspect_indices(ev, n)
+    if not len(idx) or not ev.items: raise PetbreedsError("there are no images to show", "evaluate a folder of labelled images")
+    cols = min(cols, len(idx)); rows = math.ceil(len(idx) / cols)
+    fig, axs = plt.subplots(rows, cols, figsize=(2.8 * cols, 3.1 * rows), squeeze=False)
+    for ax in axs.flat: ax.axis('off')
+    for ax, i in zip(axs.flat, idx):
+        with Image.open(ev.items[i]) as im: ax.imshow(spec.item(im))
+        t, p = ev.targets[i], ev.preds[i]
+        ax.set_title(f"{Path(ev.items[i]).parent.name}/{Path(ev.items[i]).name}\ngiven: {ev.vocab[t]} ({ev.probs[i, t]:.2f})\nmodel: {ev.vocab[p]} ({ev.probs[i, p]:.2f})", fontsize=8)
+    fig.suptitle('suspect labels: the model finds the given label least likely', fontsize=10, y=1.0)
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message='Glyph')   # a class name in a script the font lacks: shown as boxes, not warned about
+        fig.tight_layout()
+        fig.canvas.draw()
+    return fig
+
+def write_suspects(folder:str|Path, ev:Evaluation, n:int=20, root:str|Path=None, spec:InputSpec=None) -> dict:
+    "Write suspects.csv (file, given, predicted, probability), suspects.png and labels.csv (every file with its given label, to correct and train on with --labels csv:FILE) into `folder`"
+    import warnings
+    import matplotlib.pyplot as plt
+    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+    rows = suspect_rows(ev, n, root)
+    with open(folder/'suspects.csv', 'w', newline='', encoding='utf-8') as f:
+        w = csv.writer(f); w.writerow(['file', 'given', 'predicted', 'probability'])
+        w.writerows([spreadsheet_safe(r['file']), spreadsheet_safe(r['given']), spreadsheet_safe(r['predicted']), r['probability']] for r in rows)
+    with open(folder/'labels.csv', 'w', newline='', encoding='utf-8') as f:
+        w = csv.writer(f); w.writerow(['file', 'label'])
+        for r in suspect_rows(ev, len(ev.targets), root): w.writerow([spreadsheet_safe(r['file']), spreadsheet_safe(r['given'])])
+    fig = plot_suspects(ev, min(n, 24), spec)
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message='Glyph')
+        fig.savefig(folder/'suspects.png', dpi=80)
+    plt.close(fig)
+    return {'suspects': rows, 'suspects_csv': str(folder/'suspects.csv'), 'suspects_png': str(folder/'suspects.png'), 'labels_csv': str(folder/'labels.csv')}
 
 # %% ../nbs/03_interpret.ipynb #48f7162e
 def _table(rows:list, columns:list=None) -> str:
@@ -270,7 +335,7 @@ def write_report(folder:str|Path, learn=None, tta:bool=False) -> Path:
         write_evaluation(folder, evaluate(learn), evaluate(learn, tta=True) if tta else None, spec=input_spec_of(learn.dls))
     config, metrics, evaluation = read('config.json'), read('metrics.json'), read('evaluation.json')
     options = config.get('options', metrics.get('options', {}))
-    history, per_class = _read_csv(folder/'history.csv'), _read_csv(folder/'per_breed.csv')
+    history, per_class = _read_csv(folder/'history.csv'), _read_csv(folder/'per_breed.csv') or _read_csv(folder/'per_class.csv')
     worst = sorted(per_class, key=lambda r: float(r['f1']))[:10]
     cards = [('error rate', evaluation.get('error_rate', metrics.get('error_rate'))), ('accuracy', evaluation.get('accuracy', metrics.get('accuracy'))),
              ('species error', evaluation.get('species_error')), ('ECE', evaluation.get('ece')), ('epochs', metrics.get('epochs')),
@@ -293,6 +358,8 @@ def write_report(folder:str|Path, learn=None, tta:bool=False) -> Path:
     if evaluation.get('most_confused'):
         parts.append('<h2>Most confused</h2>' + _table([{'actual': a, 'predicted': p, 'images': n} for a, p, n in evaluation['most_confused']]))
     if worst: parts.append('<h2>Weakest classes (lowest F1)</h2>' + _table(worst))
+    if evaluation.get('classes_without_images'):
+        parts.append('<h2>Classes with no images here</h2><p>' + html.escape(', '.join(evaluation['classes_without_images'])) + '</p>')
     versions = config.get('versions', metrics.get('versions', {}))
     parts.append("<p class='note'>" + html.escape(', '.join(f'{k} {v}' for k, v in versions.items())) + "</p>")
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>petbreeds run {html.escape(folder.name)}</title><style>{_CSS}</style></head><body>{''.join(parts)}</body></html>"

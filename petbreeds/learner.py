@@ -23,7 +23,7 @@ from .backbones import arch_kwargs, arch_stats, check_arch, classifier_prefix, i
 from .core import RESNETS, PetbreedsError, PetbreedsWarning, get_precision
 from .data import input_spec_of
 from .model_file import model_meta, write_model_file
-from .options import DEFAULTS
+from .options import DEFAULTS, labels_problem
 from .tracking import RunStage, read_progress
 
 # %% ../nbs/02_learner.ipynb #1c6aad47
@@ -279,6 +279,11 @@ def arch_name(learn:Learner) -> str:
     arch = getattr(learn, 'arch', None)
     return arch if isinstance(arch, str) else getattr(arch, '__name__', repr(arch))
 
+def _label_source(dls) -> str|None:
+    "How `dls` were labelled, as `--labels` takes it; None for labels given from Python (a list, a DataFrame) or DataLoaders built by hand"
+    source = getattr(dls, 'label_source', None)
+    return source if isinstance(source, str) and labels_problem(source) is None else None
+
 def save_model(learn:Learner, path:str|Path, metrics:dict=None,
                weights:str=None # Where its starting weights came from (`petbreeds.backbones.weights_origin`), recorded in the file
               ) -> Path:
@@ -286,4 +291,5 @@ def save_model(learn:Learner, path:str|Path, metrics:dict=None,
     arch = arch_name(learn)
     try: check_arch(arch)
     except PetbreedsError: raise PetbreedsError(f"can't save a model of architecture {arch!r}", "build it with pets_learner from a torchvision ResNet or a timm name") from None
-    return write_model_file(path, learn.model.state_dict(), model_meta(arch, learn.dls.vocab, input_spec_of(learn.dls), metrics, weights))
+    return write_model_file(path, learn.model.state_dict(), model_meta(arch, learn.dls.vocab, input_spec_of(learn.dls), metrics, weights, _label_source(learn.dls)))
+

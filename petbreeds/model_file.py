@@ -28,13 +28,15 @@ def model_meta(arch:str, # A torchvision ResNet or a timm name
                vocab:list, # The class names, in the order of the model's outputs
                spec:InputSpec, # How images were prepared for the model
                metrics:dict=None, # Training metrics to record
-               weights:str=None # Where the network's starting weights came from (`petbreeds.backbones.weights_origin`)
+               weights:str=None, # Where the network's starting weights came from (`petbreeds.backbones.weights_origin`)
+               labels:str=None # Where the training labels came from, as `--labels` takes it (`petbreeds.data.label_images`): evaluate labels a folder the same way
               ) -> dict:
     "Everything besides the weights that a predictor needs"
     vocab = [str(v) for v in vocab]
     return {'format': MODEL_FORMAT, 'format_version': FORMAT_VERSION, 'arch': arch, 'vocab': vocab, 'species': species_of_classes(vocab),
             'input': spec.to_dict(), 'metrics': metrics or {}, 'versions': library_versions(),
-            'created': datetime.now(timezone.utc).isoformat(timespec='seconds'), **({'weights': weights} if weights else {})}
+            'created': datetime.now(timezone.utc).isoformat(timespec='seconds'), **({'weights': weights} if weights else {}), **({'labels': labels} if labels else {})}
+
 
 # %% ../nbs/00f_model_file.ipynb #9dbe5264
 def write_model_file(path:str|Path, # The .safetensors file to write
@@ -83,6 +85,7 @@ def check_meta(path, text:str|None) -> dict:
         raise not_a_model(path, "its vocabulary is not a list of two or more distinct class names")
     if meta['species'] != species_of_classes(vocab): raise not_a_model(path, "its species do not match its class names")
     if not isinstance(meta.get('metrics', {}), dict): raise not_a_model(path, "its metrics are not a JSON object")
+    if not isinstance(meta.get('labels', ''), str): raise not_a_model(path, "its label source is not text")
     try: spec = InputSpec.from_dict(meta['input'])
     except PetbreedsError as e: raise not_a_model(path, e.problem) from None
     return {**meta, 'input': spec.to_dict()}

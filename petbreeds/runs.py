@@ -15,11 +15,12 @@ import fcntl
 import hashlib
 import json
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 
-from .core import (SPECIES, PetbreedsError, RankInfo, get_device, get_precision, library_versions, rank_info,
+from .core import (SPECIES, PetbreedsError, PetbreedsWarning, RankInfo, get_device, get_precision, library_versions, rank_info,
                             seed_everything, write_json)
 from .backbones import arch_stats, weights_origin
 from .input_spec import InputSpec
@@ -81,6 +82,8 @@ class RunSetup:
     processes: int           # data-parallel processes: 1 alone
     global_bs: int           # images per optimiser step, all processes together
     versions: dict           # the libraries' versions
+    labels: str = None       # where the labels came from, as --labels takes it (`petbreeds.data.label_images`)
+    classes: int = None      # how many classes the model predicts
 
 @dataclass
 class Run:
@@ -121,6 +124,15 @@ def _images(cfg:TrainConfig) -> tuple:
     if cfg.images: return Path(cfg.images), None
     from petbreeds.data import get_pets
     return get_pets(), None
+
+def _labelled(images:Path, cfg:TrainConfig):
+    "The images' labels from `cfg.labels` (`petbreeds.data.label_images`); --target species only with Pets' names"
+    from petbreeds.data import label_images, refuse_conflicts
+    found = label_images(images, cfg.labels, cfg.target)
+    refuse_conflicts(found)   # before the line that says where the labels come from
+    if cfg.target != 'breed' and found.source != 'pets':
+        raise PetbreedsError(f"--target {cfg.target} needs Pets' file names, but the labels of '{images}' come from {found.source}", "drop --target")
+    return found
 
 def _join(cfg:TrainConfig) -> RankInfo:
     "This process's place in the run, after joining the process group when torchrun or accelerate started several"
@@ -169,7 +181,7 @@ def prepare(cfg:TrainConfig=None, out:str|Path=None, resume_run:bool=False, prog
             say=None # Called with a line a user should read as the run starts: which weights a demo got
            ) -> Run:
     "Check `cfg`, claim the run folder `out` (or continue it), and build the DataLoaders and learner"
-    from petbreeds.data import pets_dataloaders
+    from petbreeds.data import image_dataloaders
     from petbreeds.learner import fine_tune_stages, pets_learner
     if resume_run:
         if out is None: raise PetbreedsError("resuming needs the run folder", "pass the folder of the run to resume")
@@ -188,12 +200,14 @@ def prepare(cfg:TrainConfig=None, out:str|Path=None, resume_run:bool=False, prog
     precision = get_precision(cfg.precision, device)
     def dls_at(size):
         with _first_on_each_machine(me):   # one process per machine builds the cache at a new size
-            return pets_dataloaders(images, bs=cfg.bs, valid_pct=cfg.valid_pct, seed=cfg.seed, size=size, presize=cfg.presize, min_scale=cfg.min_scale,
+            return image_dataloaders(images, found, bs=cfg.bs, valid_pct=cfg.valid_pct, seed=cfg.seed, size=size, presize=cfg.presize, min_scale=cfg.min_scale,
                                     target=cfg.target, num_workers=cfg.num_workers, device=device, progress=progress and me.is_main,
                                     stats=arch_stats(cfg.arch))   # normalised as the arch's pretrained weights were trained
     with _first_on_each_machine(me):
         images, weights = _images(cfg)   # first: building the demo's stand-ins (once per machine) uses the random generators
     if me.is_main and say is not None and weights is not None: say(weights['note'])
+    found = _labelled(images, cfg)
+    if me.is_main and say is not None and found.source != 'pets': say(f"labels: {found.reason}")   # on Pets' names: as it always was
     seed_everything(cfg.seed)
     dls = dls_at(stages[min(start[0], len(stages) - 1)].size or cfg.size)   # the size the run starts (or resumes) at
     learn = pets_learner(dls, cfg.arch, cfg.weights, precision, path=out, label_smoothing=cfg.label_smoothing, mixup=cfg.mixup, cutmix=cfg.cutmix)
@@ -201,7 +215,7 @@ def prepare(cfg:TrainConfig=None, out:str|Path=None, resume_run:bool=False, prog
                      valid_images=len(dls.valid_ds), stand_in_weights=weights is not None and weights['weights'] == 'stand-in',
                      demo_weights=None if weights is None else weights['note'],
                      weights_from=weights['note'] if weights is not None else weights_origin(cfg.arch, cfg.weights),
-                     processes=me.world_size, global_bs=cfg.bs * me.world_size, versions=library_versions())
+                     processes=me.world_size, global_bs=cfg.bs * me.world_size, versions=library_versions(), labels=dls.label_source, classes=len(dls.vocab))
     return Run(cfg, out, learn, stages, start, setup, me, lock, dls_at)
 
 
@@ -349,53 +363,97 @@ def _trained_on(model_file:Path, run:dict|None, fix:str) -> Path:
 
 def _target(meta): return 'species' if meta['vocab'] == list(SPECIES) else 'breed'
 
+def _source_for(meta:dict, images:Path, same_folder:bool) -> str:
+    "How to label `images` as the model's training labelled its folder: its label source (Pets' names for a model that predates them)"
+    from petbreeds.data import LABELS_CSV
+    source = meta.get('labels') or 'pets'
+    if source.startswith('csv:') and not same_folder: return 'csv' if (images/LABELS_CSV).is_file() else 'auto'   # that CSV names the training folder's files
+    return source
+
+def _known_classes(found, items:list, vocab:list, say=None) -> list:
+    "`items` whose class the model knows; one line about those it never saw"
+    unseen = sorted(set(found.labels[p] for p in items) - set(vocab))
+    if unseen:
+        n = sum(1 for p in items if found.labels[p] in unseen)
+        line = f"left out {n} images of {len(unseen)} class{'es' if len(unseen) > 1 else ''} the model never saw: {', '.join(unseen[:8])}{' ...' if len(unseen) > 8 else ''}"
+        (say or (lambda l: warnings.warn(l, PetbreedsWarning, stacklevel=3)))(line)
+    items = [p for p in items if found.labels[p] in vocab]
+    if not items: raise PetbreedsError(f"none of the images in '{found.folder}' is of a class the model knows ({', '.join(vocab[:5])}{' ...' if len(vocab) > 5 else ''})",
+                                       "evaluate on images of the classes the model was trained on")
+    return items
+
 def evaluate_model(model_file:str|Path, # A model.safetensors from a run
                    images:str|Path=None, # Labelled images; default: the run's own validation split
                    tta:bool=False, # Also evaluate with fastai's test-time augmentation
                    out:str|Path=None, # Where to write the plots and tables; default: `evaluation/` beside the model
-                   bs:int=DEFAULTS.bs, num_workers:int=None, device:str='auto') -> dict:
-    "Evaluate a saved model on its validation split or on a labelled folder; write the results to `out`"
-    from petbreeds.data import PetsLabeller, get_pet_images, pets_dataloaders
+                   bs:int=DEFAULTS.bs, num_workers:int=None, device:str='auto',
+                   labels:str=None, # Where the labels of `images` come from (`petbreeds.data.label_images`); default: as the model's training labelled its folder
+                   suspects:int=0, # Also write the `suspects` images, training and validation alike, whose given label the model finds least likely
+                   say=None # Called with a line a user should read: the label source, classes the model never saw
+                  ) -> dict:
+    "Evaluate a saved model on its validation split, on a folder's test/ images, or on a labelled folder; write the results to `out`"
+    from petbreeds.data import PetsLabeller, get_pet_images, image_dataloaders, label_images, usable_images
     from petbreeds.model_file import load_model, load_weights
-    from petbreeds.interpret import evaluate, write_evaluation
+    from petbreeds.interpret import evaluate, write_evaluation, write_suspects
     from petbreeds.learner import pets_learner
     model_file = Path(model_file)
     state, meta = load_model(model_file)
     run = _run_of(model_file)
     images = Path(images) if images is not None else _trained_on(model_file, run, "pass a folder of labelled images to evaluate on")
-    same_split = run is not None and Path(run['images']).resolve() == images.resolve()
-    opts = run['options'] if same_split else {}
-    target = _target(meta)
+    same_folder = run is not None and images.is_dir() and Path(run['images']).resolve() == images.resolve()
+    opts = run['options'] if same_folder else {}
+    target, vocab = _target(meta), list(meta['vocab'])
     spec = InputSpec.from_dict(meta['input'])   # the model's own: the cache or not, the item side and size
-    items = get_pet_images(images, PetsLabeller(target))
-    valid_pct = opts.get('valid_pct', DEFAULTS.valid_pct)
-    n_train = len(items) - int(valid_pct * len(items))
+    found = label_images(images, labels or _source_for(meta, images, same_folder), target)
+    if say is not None and found.source != 'pets': say(f"labels: {found.reason}")
+    valid_pct, seed = opts.get('valid_pct', DEFAULTS.valid_pct), opts.get('seed', DEFAULTS.seed)
+    if found.source == 'pets':
+        items = get_pet_images(images, PetsLabeller(target))
+        pool, test = items, []
+    else:
+        items = _known_classes(found, usable_images(found, ('train', 'valid', 'test')), vocab, say)
+        pool = [p for p in items if found.split is None or found.split[p] != 'test']   # what training could have seen
+        test = [p for p in items if found.split is not None and found.split[p] == 'test']
+    split = 'test' if test else 'validation' if same_folder else 'all'
+    if found.split is not None: n_train = sum(1 for p in items if found.split[p] == 'train')
+    else: n_train = len(items) - int(valid_pct * len(items))
     # the same validation pipeline the model was trained with, and the same split
-    dls = pets_dataloaders(images, bs=max(1, min(bs, n_train)), valid_pct=valid_pct, seed=opts.get('seed', DEFAULTS.seed), size=spec.size,
-                           presize=spec.item_side, target=target, num_workers=num_workers, device=device,
-                           cache=spec.cached, progress=False, items=items, for_training=False, stats=(spec.mean, spec.std))
-    dl = dls.valid if same_split else dls.test_dl(list(dls.train_ds.items) + list(dls.valid_ds.items), with_labels=True)
+    dls = image_dataloaders(images, found, bs=max(1, min(bs, n_train)), valid_pct=valid_pct, seed=seed, size=spec.size,
+                            presize=spec.item_side, target=target, num_workers=num_workers, device=device,
+                            cache=spec.cached, progress=False, items=items, for_training=False, stats=(spec.mean, spec.std), vocab=vocab)
+    dl = dls.valid if split == 'validation' else dls.test_dl(test or pool, with_labels=True)
     learn = pets_learner(dls, meta['arch'], weights='none', precision='fp32')
     load_weights(learn.model, state, meta['arch'])
     ev = evaluate(learn, dl)
     ev_tta = evaluate(learn, dl, tta=True) if tta else None
     out = Path(out) if out is not None else model_file.parent/'evaluation'
-    return write_evaluation(out, ev, ev_tta, spec=spec, model_file=model_file,
-                            extra={'model': str(model_file), 'images_folder': str(images), 'split': 'validation' if same_split else 'all', 'out': str(out)})
+    extra = {'model': str(model_file), 'images_folder': str(images), 'split': split, 'out': str(out)}
+    if found.source != 'pets':
+        seen = set(ev.vocab[t] for t in ev.targets)
+        extra.update(labels=found.source, classes_without_images=[c for c in vocab if c not in seen])
+    res = write_evaluation(out, ev, ev_tta, spec=spec, model_file=model_file, extra=extra)
+    if suspects:
+        ev_all = evaluate(learn, dls.test_dl(pool, with_labels=True))   # training and validation images alike
+        res.update(write_suspects(out, ev_all, suspects, root=images, spec=spec))
+    return res
 
 def validation_images(model_file:str|Path, # A model.safetensors in its run folder
                       fix:str="pass a folder of images" # What the user can do instead, if the run folder can't tell
                      ) -> list:
-    "The images the run that wrote `model_file` validated on: its images folder, split as it was split"
-    from petbreeds.data import PetsLabeller, PetsSplitter, get_pet_images
+    "The images the run that wrote `model_file` validated on: its images folder, labelled and split as it was"
+    from petbreeds.data import PetsLabeller, PetsSplitter, get_pet_images, label_images, usable_images
     from petbreeds.model_file import read_model_meta
     model_file = Path(model_file)
     meta = read_model_meta(model_file)
     run = _run_of(model_file)
     images = _trained_on(model_file, run, fix)
-    items = get_pet_images(images, PetsLabeller(_target(meta)))
     opts = run['options']
+    found = label_images(images, _source_for(meta, images, True), _target(meta))
+    if found.source == 'pets': items = get_pet_images(images, PetsLabeller(_target(meta)))
+    else: items = [p for p in usable_images(found) if found.labels[p] in meta['vocab']]
+    if found.split is not None and found.source != 'pets': return [p for p in items if found.split[p] == 'valid']
     return [items[i] for i in PetsSplitter(opts['valid_pct'], opts['seed'])(items)[1]]   # the split the run validated on
+
 
 # %% ../nbs/06_runs.ipynb #772bf5d7
 DIVERGED_STATUS, RESUMABLE = 'diverged', 'interrupted (resumable)'
