@@ -44,7 +44,7 @@ from fastai.data.block import CategoryBlock, DataBlock
 from fastai.data.external import URLs, untar_data
 from fastai.data.transforms import RandomSplitter, image_extensions
 from fastai.vision.augment import Resize, Zoom, aug_transforms
-from fastai.vision.data import ImageBlock, ImageDataLoaders
+from fastai.vision.data import ImageBlock
 from fastai.data.transforms import Normalize
 
 # %% ../nbs/01_data.ipynb #a7e9c48c
