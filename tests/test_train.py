@@ -8,6 +8,7 @@ import time
 
 import pytest
 from conftest import STANDIN_DEMO
+from petbreeds.runs import DONE
 
 from test_cli import BIN, assert_one_line_error, petbreeds_cmd
 
@@ -268,7 +269,8 @@ def test_a_run_killed_at_any_moment_finishes_with_resume(subprocess_env, tmp_pat
         draw, limit = random.Random(seed), 20.   # a demo run of two epochs takes about 10-40 s, by machine and precision
         for _ in range(4):
             delay, start = draw.uniform(0, limit), time.time()
-            if _kill_when(run, subprocess_env, tmp_path, lambda: time.time() - start > delay): break
+            caught = _kill_when(run, subprocess_env, tmp_path, lambda: time.time() - start > delay)
+            if caught and not (run/DONE).exists(): break   # killed after `metrics.json` (on its way out) is a finished run
             limit = 0.9 * (time.time() - start)   # it finished first: this machine is faster; draw within its run time
             shutil.rmtree(run)
         else: raise AssertionError(f"no run was caught alive (seed {seed})")
