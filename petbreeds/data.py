@@ -41,6 +41,7 @@ from .options import DEFAULTS, check_option, check_presize
 
 # %% ../nbs/01_data.ipynb #f2cbe42d
 from fastai.data.block import CategoryBlock, DataBlock
+from fastcore.meta import delegates
 from fastai.data.external import URLs, untar_data
 from fastai.data.transforms import RandomSplitter, image_extensions
 from fastai.vision.augment import Resize, Zoom, aug_transforms
@@ -618,26 +619,12 @@ def _check_split(n, bs, valid_pct, path, for_training):
                              f"use --bs {2 ** (n_train.bit_length() - 1)} or less, or more images")
 
 # %% ../nbs/01_data.ipynb #a8f2bb5c
+@delegates(image_dataloaders, keep=True, but=['labels', 'vocab'])
 def pets_dataloaders(path:str|Path=None, # Folder of Pets-style images (default: `get_pets()`)
-                     bs:int=DEFAULTS.bs, # Batch size
-                     valid_pct:float=DEFAULTS.valid_pct, seed:int=DEFAULTS.seed, # The random validation split
-                     size:int=DEFAULTS.size, presize:int|None=DEFAULTS.presize, min_scale:float=DEFAULTS.min_scale, # Presizing, as in `pets_block`
-                     target:str=DEFAULTS.target, # 'breed' or 'species'
-                     num_workers:int=None, # Loader processes (default: fastai's, one per CPU up to 16; 0 with the cache)
-                     device=None, # Where batches go (default: `get_device('auto')`)
-                     cache:bool=True, # Decode and presize each image once (see `petbreeds.cache`)
-                     one_pass:bool=True, # One interpolation for all augmentations, the crop included
-                     fused:bool=True, # With the cache: all batch augmentations and Normalize in one pass (see `petbreeds.augment`)
-                     progress:bool=True, # Show a progress bar while the cache is built
-                     items:list=None, # The files to use, if already listed with `get_pet_images(path)`
-                     for_training:bool=True, # Refuse a split or batch size that can't train (evaluation needs neither)
-                     stats:tuple=IMAGENET_STATS, # The (mean, std) to normalise with: what the pretrained weights were trained on (`petbreeds.backbones.arch_stats`)
-                     **kwargs # Passed to `DataBlock.dataloaders`
+                     **kwargs # What `image_dataloaders` takes, but `labels` (Pets' rule) and `vocab` (the 37 breeds, or the two species)
                     ):
     "The chapter's DataLoaders for Pets: `image_dataloaders` with Pets' rule, the breed (or species) in each file's name"
-    return image_dataloaders(path, 'pets', bs=bs, valid_pct=valid_pct, seed=seed, size=size, presize=presize, min_scale=min_scale, target=target,
-                             num_workers=num_workers, device=device, cache=cache, one_pass=one_pass, fused=fused, progress=progress,
-                             items=items, for_training=for_training, stats=stats, **kwargs)
+    return image_dataloaders(path, 'pets', **kwargs)
 
 
 # %% ../nbs/01_data.ipynb #96ad38c2

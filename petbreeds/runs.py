@@ -156,7 +156,7 @@ DONE = 'metrics.json'   # in the run folder: written last, by `record`; a folder
 
 def resume_at(out:Path, stages:list) -> tuple:
     "The (stage, epoch) to resume the run in `out` from: (0, 0) before its first checkpoint, `(len(stages), 0)` if only its record is left"
-    from petbreeds.learner import resume_point
+    from petbreeds.tracking import resume_point
     if (out/DONE).exists(): raise PetbreedsError(f"the run in '{out}' is complete", "nothing to resume; start a new run with another --out")
     return resume_point(out, stages) or (0, 0)
 

@@ -7,8 +7,8 @@ The floors, from the ground up (a module may import its own floor and those belo
   2  model_file                                the safetensors model file: its metadata, writing, reading, rebuilding the network
   3  inference                                 the fastai-free predictor (with the floors below it, what serving ships)
   3  demo                                      the demo's synthetic pets and stand-in weights
-  4  cache, data, explain, tracking            files -> presized batches; where a model looks (Grad-CAM); the run's loggers
-  5  learner                                   the learner, its schedule, checkpoints, saving the model
+  4  cache, data, augment, explain             files -> presized, augmented batches; where a model looks (Grad-CAM)
+  5  learner, tracking                         the learner, its schedule, saving the model; the run's loggers, resuming
   6  interpret, chapter                        reading a trained model; the chapter's lessons
   7  runs                                      one whole run
   8  serve                                     the web app on the predictor
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-FLOOR = {'core': 0, 'input_spec': 1, 'options': 1, 'backbones': 1, 'model_file': 2, 'inference': 3, 'demo': 3, 'cache': 4, 'data': 4, 'explain': 4, 'tracking': 4,
-         'learner': 5, 'interpret': 6, 'chapter': 6, 'runs': 7, 'serve': 8, 'export': 9, 'cli': 10}
+FLOOR = {'core': 0, 'input_spec': 1, 'options': 1, 'backbones': 1, 'model_file': 2, 'inference': 3, 'demo': 3, 'cache': 4, 'data': 4, 'explain': 4,
+         'learner': 5, 'tracking': 5, 'interpret': 6, 'chapter': 6, 'runs': 7, 'serve': 8, 'export': 9, 'cli': 10}
 OPTIONAL = {'distributed': 6, 'augment': 4}   # floors of modules that other work adds
 
 def imported_by(module:str) -> dict:
@@ -94,3 +94,22 @@ def test_readers_of_the_model_file_go_through_it_not_through_the_predictor():
 def test_inference_imports_neither_export_nor_training_modules():
     assert not imports_in_source('inference') & {'export', 'learner', 'data', 'cache', 'augment', 'runs', 'interpret', 'explain', 'serve', 'cli'}, imports_in_source('inference')
     assert 'inference' not in imports_in_source('learner'), "training writes the model file through model_file, not the serving module"
+
+def notebook_imports() -> dict:
+    "For each numbered notebook in nbs/, in file-name order: (the module it exports, the petbreeds modules its code cells import)"
+    import re
+    found = {}
+    for nb in sorted((PACKAGE.parent/'nbs').glob('[0-9]*.ipynb')):
+        code = '\n'.join(''.join(c['source']) for c in json.loads(nb.read_text())['cells'] if c['cell_type'] == 'code')
+        exported = re.search(r'^#\|\s*default_exp\s+(\S+)', code, flags=re.M)
+        found[nb.stem] = (exported and exported.group(1), set(re.findall(r'^\s*(?:from|import)\s+petbreeds\.(\w+)', code, flags=re.M)))
+    return found
+
+def test_a_notebook_imports_only_modules_of_the_notebooks_before_it():
+    "Read in file-name order, the notebooks never use a module before the notebook that explains it (exported code and tests alike)"
+    found = notebook_imports()
+    home = {module: name for name, (module, _) in found.items() if module}
+    assert {'core', 'data', 'learner', 'cli'} <= set(home), home   # the parse found the notebooks' modules
+    later = [(name, module, home[module]) for name, (own, used) in found.items() for module in used
+             if module in home and module != own and home[module] > name]
+    assert not later, "notebook imports a module from a later notebook (renumber, or move the cell): " + '; '.join(f'{n} uses {m} ({h})' for n, m, h in later)
