@@ -38,6 +38,9 @@ def imagenet_pets_model(dest, classes=CLASSES, arch=ARCH):
     from petbreeds.input_spec import InputSpec
     from petbreeds.model_file import model_meta, write_model_file
     if packaged_weights(arch) is None: missing(f"the packaged {arch} weights (petbreeds[weights]) make the real-photo model")
+    names = imagenet_names(classes)
+    order = sorted(range(len(classes)), key=names.__getitem__)   # as fastai orders a vocabulary, and so every petbreeds model (`evaluate` relies on it)
+    classes, names = [classes[i] for i in order], [names[i] for i in order]
     state = packaged_state_dict(arch)
     W, b = state['classifier.weight'][classes], state['classifier.bias'][classes]
     n, c, hidden = len(classes), W.shape[1], 512   # fastai's default head width: what `evaluate`'s learner builds
@@ -55,8 +58,10 @@ def imagenet_pets_model(dest, classes=CLASSES, arch=ARCH):
     lin2 = torch.zeros(n, hidden)
     lin2[:, :n], lin2[:, n:2 * n], lin2[:, 2 * n] = torch.eye(n), -torch.eye(n), b   # relu(z) - relu(-z) + b
     out['1.4.weight'], out['1.8.weight'] = lin1, lin2
-    spec = InputSpec(224, 224, 'crop_then_resize', *arch_stats(arch))
-    return write_model_file(dest, out, model_meta(arch, imagenet_names(classes), spec, weights=weights_origin(arch)))
+    # as a petbreeds run writes it: its items from the decode-once cache (`InputSpec.for_training`), which turns photos upright.
+    # (fastai's own decoding, used for specs that don't cache, ignores the EXIF Orientation tag: `evaluate` of such a model would not)
+    spec = InputSpec.for_training(224, 224, cached=True, mean=arch_stats(arch)[0], std=arch_stats(arch)[1])
+    return write_model_file(dest, out, model_meta(arch, names, spec, weights=weights_origin(arch)))
 
 def turned(src, dest, orientation:int):
     "`src`'s pixels turned so that EXIF `orientation` (6 or 8) turns them back upright; its own EXIF kept, the tag added"
@@ -112,15 +117,16 @@ def test_the_model_file_is_the_imagenet_head(model, photos):
     "The hand-set fastai head computes the ImageNet classifier's logits for these classes (so the tests below test petbreeds, not the model)"
     import timm
     import torch
-    from petbreeds.backbones import arch_stats, packaged_state_dict
+    from petbreeds.backbones import packaged_state_dict
     from petbreeds.input_spec import InputSpec, prepare_image
     from petbreeds.model_file import load_network
     net, meta = load_network(model)
     ref = timm.create_model(ARCH, pretrained=True, pretrained_cfg_overlay=dict(state_dict=packaged_state_dict(ARCH))).eval()
-    x = torch.from_numpy(prepare_image(Image.open(photos['cat']), InputSpec(224, 224, 'crop_then_resize', *arch_stats(ARCH))))[None]
-    with torch.no_grad(): got, want = net(x), ref(x)[:, CLASSES]
+    x = torch.from_numpy(prepare_image(Image.open(photos['cat']), InputSpec.from_dict(meta['input'])))[None]
+    index = dict(zip(imagenet_names(CLASSES), CLASSES))   # name -> ImageNet class
+    assert sorted(meta['vocab']) == meta['vocab'] == sorted(index) and {'tabby', 'tiger cat', 'Egyptian cat', 'malamute'} <= set(index)
+    with torch.no_grad(): got, want = net(x), ref(x)[:, [index[v] for v in meta['vocab']]]
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
-    assert meta['vocab'][:5] == ['tabby', 'tiger cat', 'Persian cat', 'Siamese cat', 'Egyptian cat'] and len(meta['vocab']) == len(CLASSES)
 
 def _predict(model, paths, env) -> dict:
     res = petbreeds_cmd('predict', model, *paths, '--json', '--top-k', 5, '--backend', 'torch', '--precision', 'fp32', env=env)
