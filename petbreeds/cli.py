@@ -290,8 +290,8 @@ def run_runs(args) -> int:
 def add_runs(p):
     """list every run folder side by side, or compare some
 
-    One line per run folder in DIR: when it started, arch, sizes, epochs done/planned, recipe, error rate,
-    accuracy, training seconds and status (finished, interrupted (resumable), diverged, running). With
+    One line per run folder in DIR: when it started, arch, sizes, epochs done/planned, recipe, label source,
+    error rate, accuracy, training seconds and status (finished, interrupted (resumable), diverged, running). With
     --compare, one picture of the runs' validation loss and error rate on shared axes and an HTML table of
     the options that differ and the results."""
     p.add_argument('dir', nargs='?', metavar='DIR', help='the folder of run folders (default: runs)')

@@ -478,6 +478,11 @@ def run_status(folder:str|Path) -> str:
 
 def _when(f:Path) -> str: return datetime.fromtimestamp(f.stat().st_mtime).strftime('%Y-%m-%d %H:%M')
 
+def _label_source(record:dict, opts:dict) -> str:
+    "Where a run's labels came from: the source it found (config.json's `labels`), else what --labels asked for, if not auto"
+    asked = opts.get('labels')
+    return record.get('labels') or (asked if asked and asked != 'auto' else '-')
+
 def run_summary(folder:str|Path) -> dict:
     "One row for the run (or LR-finder run) in `folder`: options, progress, results and status"
     folder = Path(folder)
@@ -485,9 +490,10 @@ def run_summary(folder:str|Path) -> dict:
         found = json.loads((folder/'lr_find.json').read_text())
         opts = found['options']
         return dict(run=folder.name, folder=str(folder), when=_when(folder/'lr_find.json'), arch=opts['arch'], sizes=str(opts['size']),
-                    epochs='-', recipe=opts.get('recipe', 'book'), error_rate=None, accuracy=None, seconds=None, status='lr-find',
+                    epochs='-', recipe=opts.get('recipe', 'book'), labels=_label_source(found, opts), error_rate=None, accuracy=None, seconds=None, status='lr-find',
                     lr_valley=found['suggestions']['valley'])
-    opts = json.loads((folder/'config.json').read_text())['options']
+    config = json.loads((folder/'config.json').read_text())
+    opts = config['options']
     history = _history(folder)
     metrics = json.loads((folder/DONE).read_text()) if (folder/DONE).exists() else None
     last = metrics or (history[-1] if history else {})
@@ -495,14 +501,14 @@ def run_summary(folder:str|Path) -> dict:
     number = lambda k: None if last.get(k) is None else round(float(last[k]), 4)
     return dict(run=folder.name, folder=str(folder), when=_when(folder/'config.json'), arch=opts['arch'],
                 sizes=','.join(map(str, opts.get('sizes') or ())) or str(opts['size']), epochs=f"{len(history)}/{planned}",
-                recipe=opts.get('recipe', 'book'), error_rate=number('error_rate'), accuracy=number('accuracy'),
+                recipe=opts.get('recipe', 'book'), labels=_label_source(config, opts), error_rate=number('error_rate'), accuracy=number('accuracy'),
                 seconds=round(sum(float(h['seconds']) for h in history), 1), status=run_status(folder))
 
 def _summary_or_why(folder:Path) -> dict:
     "`run_summary`, or a row saying the folder's files can't be read (a damaged run is listed, not a crash)"
     try: return run_summary(folder)
     except (OSError, ValueError, KeyError, TypeError) as e:
-        return dict(run=folder.name, folder=str(folder), when='-', arch='-', sizes='-', epochs='-', recipe='-', error_rate=None,
+        return dict(run=folder.name, folder=str(folder), when='-', arch='-', sizes='-', epochs='-', recipe='-', labels='-', error_rate=None,
                     accuracy=None, seconds=None, status=f"unreadable ({type(e).__name__})")
 
 SORTS = {'when': lambda r: r['when'], 'error': lambda r: (r['error_rate'] is None, r['error_rate'] or 0),
@@ -518,7 +524,7 @@ def list_runs(folder:str|Path='runs', sort:str='when') -> list:
 
 def runs_table(runs:list) -> str:
     "The rows of `list_runs` as an aligned text table, one line a run"
-    cols = ['when', 'run', 'arch', 'sizes', 'epochs', 'recipe', 'error_rate', 'accuracy', 'seconds', 'status']
+    cols = ['when', 'run', 'arch', 'sizes', 'epochs', 'recipe', 'labels', 'error_rate', 'accuracy', 'seconds', 'status']
     show = lambda v: '-' if v is None else f"{v:.4f}" if isinstance(v, float) and v < 1.0001 else str(v)
     cells = [cols] + [[show(r[c]) if c != 'seconds' or r[c] is None else f"{r[c]:.1f}" for c in cols] for r in runs]
     widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]

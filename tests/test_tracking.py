@@ -200,3 +200,21 @@ def test_runs_lists_each_status_and_compares(tracked, killed_and_resumed, work, 
     assert Image.open(tmp_path/'cmp'/'compare.png').size == (1000, 400)
     bad = petbreeds_cmd('runs', '--compare', 'killed', 'nope', env=env, cwd=d)
     assert bad.returncode == 2 and bad.stderr.startswith("petbreeds: error: 'nope' is not a run folder"), bad.stderr
+
+def test_runs_shows_where_each_runs_labels_came_from(subprocess_env, tmp_path):
+    "The label source column (issue 28 item 3): Pets' names for one run, a folder per class for another, in the table and the JSON"
+    from petbreeds.testing import relay_kit, synthetic_pets
+    kit = synthetic_pets(tmp_path/'kit', per_class=4, size=48)   # 8 images of the two relaid breeds: a validation share of 0.2 is one
+    folders = relay_kit(kit, tmp_path/'folders', {'Luna': 'Bengal', 'Max': 'pug'}, 'folders')
+    one_epoch = [*TINY[:TINY.index('--bs')], '--bs', 4, '--freeze-epochs', 1, '--epochs', 0, '--num-workers', 0]
+    for images, name in ((kit, 'named'), (folders, 'foldered')):
+        res = petbreeds_cmd('train', images, *one_epoch, '--out', tmp_path/'runs'/name, env=subprocess_env, cwd=tmp_path)
+        assert res.returncode == 0, res.stderr[-2000:]
+    listed = petbreeds_cmd('runs', '--json', env=subprocess_env, cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert {r['run']: r['labels'] for r in json.loads(listed.stdout)} == {'named': 'pets', 'foldered': 'folders'}, listed.stdout
+    table = petbreeds_cmd('runs', env=subprocess_env, cwd=tmp_path).stdout.splitlines()
+    header = table[0].split()
+    assert header[header.index('recipe') + 1] == 'labels', table[0]
+    at = table[0].index('labels')   # the column's values start where its title does
+    assert sorted(line[at:].split()[0] for line in table[1:]) == ['folders', 'pets'], table
