@@ -5,12 +5,12 @@
 # %% auto #0
 __all__ = ['PETS_NAME_RE', 'PETS_IMAGES', 'IMAGE_EXTENSIONS', 'TARGETS', 'WORDNET_RE', 'LABELS_CSV', 'FILE_COLUMNS',
            'LABEL_COLUMNS', 'breed_of', 'get_pets', 'walk_files', 'image_problem', 'get_pet_images', 'PetsSplitter',
-           'species_of_file', 'PetsLabeller', 'spec_tfms', 'presizing_tfms', 'pets_block', 'class_of_folder',
-           'LabelledImages', 'folder_labels', 'csv_labels', 'regex_labels', 'pets_labels', 'detect_labels',
-           'label_images', 'refuse_conflicts', 'usable_images', 'LabelOf', 'GivenSplitter', 'image_dataloaders',
-           'pets_dataloaders', 'input_spec_of', 'ImageCheck', 'check_images', 'LabelCheck', 'check_labelled',
-           'folder_dataloaders', 'csv_dataloaders', 'df_dataloaders', 'name_re_dataloaders', 'name_func_dataloaders',
-           'lists_dataloaders']
+           'species_of_file', 'PetsLabeller', 'spec_tfms', 'presizing_tfms', 'pets_block', 'UprightImage',
+           'class_of_folder', 'LabelledImages', 'folder_labels', 'csv_labels', 'regex_labels', 'pets_labels',
+           'detect_labels', 'label_images', 'refuse_conflicts', 'usable_images', 'LabelOf', 'GivenSplitter',
+           'image_dataloaders', 'pets_dataloaders', 'input_spec_of', 'ImageCheck', 'check_images', 'LabelCheck',
+           'check_labelled', 'folder_dataloaders', 'csv_dataloaders', 'df_dataloaders', 'name_re_dataloaders',
+           'name_func_dataloaders', 'lists_dataloaders']
 
 # %% ../nbs/01_data.ipynb #fc6ae749
 import contextlib
@@ -36,7 +36,7 @@ import torch
 from PIL import Image
 
 from .core import PetbreedsError, PetbreedsWarning, data_home, from_spreadsheet_safe, get_device, spreadsheet_safe
-from .input_spec import IMAGENET_STATS, InputSpec, pixel_problem
+from .input_spec import IMAGENET_STATS, InputSpec, open_image, pixel_problem
 from .options import DEFAULTS, check_option, check_presize
 
 # %% ../nbs/01_data.ipynb #f2cbe42d
@@ -45,6 +45,7 @@ from fastcore.meta import delegates
 from fastai.data.external import URLs, untar_data
 from fastai.data.transforms import RandomSplitter, image_extensions
 from fastai.vision.augment import Resize, Zoom, aug_transforms
+from fastai.vision.core import PILImage
 from fastai.vision.data import ImageBlock
 from fastai.data.transforms import Normalize
 
@@ -282,7 +283,7 @@ def _block(tfms:dict, get_y, vocab:list, splitter, presize_cache, get_items, fus
     if presize_cache is not None:
         from petbreeds.cache import cached_image_block
         images = cached_image_block(presize_cache)   # the cache crops; no decoding, no Resize
-    else: images = ImageBlock
+    else: images = ImageBlock(cls=UprightImage)   # fastai decodes each item, upright as every petbreeds reader opens it
     block = DataBlock(blocks=(images, CategoryBlock(vocab=vocab)), get_items=get_items, splitter=splitter, get_y=get_y, **tfms)
     if fused and presize_cache is not None: block.batch_tfms = tfms['batch_tfms']   # FusedAugment reads the cache's uint8 pixels: no IntToFloatTensor first
     return block
@@ -309,6 +310,14 @@ def pets_block(size:int=DEFAULTS.size, # Side of the square batches the model se
         tfms = spec_tfms(spec, min_scale, one_pass, fused)
     return _labelled_block(tfms, target, valid_pct, seed, presize_cache, get_items, fused)
 
+
+# %% ../nbs/01_data.ipynb #88d0dacb
+class UprightImage(PILImage):
+    "fastai's `PILImage`, opened as every petbreeds reader opens an image (`open_image`): upright by its EXIF tag, 8-bit RGB"
+    @classmethod
+    def create(cls, fn, **kwargs):
+        if isinstance(fn, (str, Path, bytes)): return cls(open_image(fn))
+        return super().create(fn, **kwargs)
 
 # %% ../nbs/01_data.ipynb #b48aad18
 WORDNET_RE = re.compile(r'^n\d{8}[-_](.+)$')   # ImageNet's and Stanford Dogs' folder names: 'n02085620-Chihuahua'

@@ -58,8 +58,8 @@ def imagenet_pets_model(dest, classes=CLASSES, arch=ARCH):
     lin2 = torch.zeros(n, hidden)
     lin2[:, :n], lin2[:, n:2 * n], lin2[:, 2 * n] = torch.eye(n), -torch.eye(n), b   # relu(z) - relu(-z) + b
     out['1.4.weight'], out['1.8.weight'] = lin1, lin2
-    # as a petbreeds run writes it: its items from the decode-once cache (`InputSpec.for_training`), which turns photos upright.
-    # (fastai's own decoding, used for specs that don't cache, ignores the EXIF Orientation tag: `evaluate` of such a model would not)
+    # as a petbreeds run writes it: its items from the decode-once cache (`InputSpec.for_training`), which turns photos upright
+    # (as `petbreeds.data.UprightImage` does where fastai decodes the items: fastai's own `PILImage` ignores the EXIF tag)
     spec = InputSpec.for_training(224, 224, cached=True, mean=arch_stats(arch)[0], std=arch_stats(arch)[1])
     return write_model_file(dest, out, model_meta(arch, names, spec, weights=weights_origin(arch)))
 
