@@ -43,7 +43,7 @@ def test_names_that_are_not_utf8_work_in_every_command(kit, subprocess_env, tmp_
         'predict': ('predict', run/'model.safetensors', odd/'Bengal_77.jpg', images/'pug_1.jpg'),
         'export': ('export', run/'model.safetensors', '--onnx', run/'model.onnx'),
         'predict-onnx': ('predict', run/'model.onnx', odd/'Bengal_77.jpg'),
-        'lr-find': ('lr-find', images, *SMALL, '--out', tmp_path/os.fsdecode(b'lr-\xff')),
+        'lr-find': ('lr-find', images, *SMALL, '--bs', '8', '--out', tmp_path/os.fsdecode(b'lr-\xff')),   # 100 steps: small ones
     }
     for name, args in steps.items():
         res = petbreeds_cmd(*args, env=env, cwd=tmp_path)
