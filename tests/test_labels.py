@@ -205,6 +205,7 @@ def test_three_hundred_classes_check_train_and_per_class(kit, standin, tmp_path,
     assert "species: 1 of 300 classes from" in err and "'class 001'" in err and 'and 294 more, so answers give no species' in err, err
     with open(tmp_path/'run'/'per_class.csv', newline='', encoding='utf-8') as f: rows = list(csv.DictReader(f))
     assert len(rows) == 300 and sorted(r['class'] for r in rows) == names and 'species' not in rows[0]
+    with Image.open(tmp_path/'run'/'confusion.png') as im: assert max(im.size) <= 2500, im.size   # not 0.32 inch a class: 10,000 pixels
     meta = read_model_meta(tmp_path/'run'/'model.safetensors')
     assert len(meta['vocab']) == 300 and meta['species'][0] == 'rabbit' and meta['species'][1:] == [None] * 299
     code, out, err = cli('predict', tmp_path/'run'/'model.safetensors', data/'class 000'/'0.png', '--json', capsys=capsys)
