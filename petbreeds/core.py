@@ -6,8 +6,8 @@
 __all__ = ['PRECISIONS', 'CAT_BREEDS', 'DOG_BREEDS', 'BREEDS', 'SPECIES', 'FORMULA_STARTS', 'RESNETS', 'PetbreedsError',
            'PetbreedsWarning', 'quiet_library_warnings', 'get_device', 'cpu_has_native_bf16', 'get_precision',
            'seed_everything', 'RankInfo', 'rank_info', 'threads_per_test_notebook', 'share_cores_in_test_workers',
-           'species_of_breed', 'species_of_classes', 'spreadsheet_safe', 'from_spreadsheet_safe', 'is_pets_vocab',
-           'data_home', 'replace_when_done', 'write_json', 'library_versions']
+           'species_of_breed', 'species_of_classes', 'read_species', 'spreadsheet_safe', 'from_spreadsheet_safe',
+           'is_pets_vocab', 'data_home', 'replace_when_done', 'write_json', 'library_versions']
 
 # %% ../nbs/00_core.ipynb #edacd1dd
 import contextlib
@@ -191,9 +191,31 @@ def species_of_breed(breed:str) -> str:
     if breed in DOG_BREEDS: return 'dog'
     raise PetbreedsError(f"'{breed}' is not one of the 37 Oxford-IIIT Pet breeds", "use a name from petbreeds.core.BREEDS")
 
-def species_of_classes(vocab) -> list:
-    "The species of each class in `vocab`: a breed's species, 'cat' and 'dog' themselves, None for anything else"
-    return [species_of_breed(v) if v in BREEDS else v if v in SPECIES else None for v in vocab]
+def species_of_classes(vocab, given:dict=None) -> list:
+    "The species of each class in `vocab`: a breed's species, 'cat' and 'dog' themselves, the species `given` for a class ({class: species}), None for anything else"
+    given = given or {}
+    return [species_of_breed(v) if v in BREEDS else v if v in SPECIES else given.get(v) for v in vocab]
+
+def read_species(path:str|Path) -> dict:
+    "{class: species} from a CSV of class,species rows (a header row of `class,species` is skipped), or a one-line error"
+    import csv
+    path, fix = Path(path), "give a CSV of class,species rows, e.g. a row Luna,cat"
+    if not path.is_file(): raise PetbreedsError(f"species file '{path}' does not exist", fix)
+    try:
+        with open(path, newline='', encoding='utf-8-sig') as f: rows = [r for r in csv.reader(f) if any(c.strip() for c in r)]
+    except (UnicodeDecodeError, csv.Error) as e: raise PetbreedsError(f"species file '{path}' is not a UTF-8 CSV ({e})", fix) from None
+    if rows and [c.strip().lower() for c in rows[0]] == ['class', 'species']: rows = [(i + 2, r) for i, r in enumerate(rows[1:])]
+    else: rows = [(i + 1, r) for i, r in enumerate(rows)]
+    species = {}
+    for n, row in rows:
+        if len(row) != 2 or not row[0].strip() or not row[1].strip(): raise PetbreedsError(f"row {n} of '{path}' is not class,species: {row!r}", fix)
+        name, kind = row[0].strip(), row[1].strip()
+        own = species_of_classes([name])[0]
+        if own is not None and own != kind: raise PetbreedsError(f"row {n} of '{path}' gives {name!r} the species {kind!r}, but it is a {own}", f"drop the row: Pets' breeds have their species already")
+        if species.get(name, kind) != kind: raise PetbreedsError(f"'{path}' gives {name!r} two species: {species[name]!r} and {kind!r} (row {n})", "keep one row per class")
+        species[name] = kind
+    if not species: raise PetbreedsError(f"species file '{path}' has no rows", fix)
+    return species
 
 # %% ../nbs/00_core.ipynb #26a31383
 FORMULA_STARTS = ('=', '+', '-', '@', '\t', '\r')   # what makes a spreadsheet read a cell as a formula

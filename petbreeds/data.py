@@ -4,13 +4,13 @@
 
 # %% auto #0
 __all__ = ['PETS_NAME_RE', 'PETS_IMAGES', 'IMAGE_EXTENSIONS', 'TARGETS', 'WORDNET_RE', 'LABELS_CSV', 'FILE_COLUMNS',
-           'LABEL_COLUMNS', 'breed_of', 'get_pets', 'walk_files', 'image_problem', 'get_pet_images', 'PetsSplitter',
-           'species_of_file', 'PetsLabeller', 'spec_tfms', 'presizing_tfms', 'pets_block', 'UprightImage',
-           'class_of_folder', 'LabelledImages', 'folder_labels', 'csv_labels', 'regex_labels', 'pets_labels',
-           'detect_labels', 'label_images', 'refuse_conflicts', 'usable_images', 'LabelOf', 'GivenSplitter',
-           'image_dataloaders', 'pets_dataloaders', 'input_spec_of', 'ImageCheck', 'check_images', 'LabelCheck',
-           'check_labelled', 'folder_dataloaders', 'csv_dataloaders', 'df_dataloaders', 'name_re_dataloaders',
-           'name_func_dataloaders', 'lists_dataloaders']
+           'LABEL_COLUMNS', 'NAMED_RE', 'breed_of', 'get_pets', 'walk_files', 'image_problem', 'get_pet_images',
+           'PetsSplitter', 'species_of_file', 'PetsLabeller', 'spec_tfms', 'presizing_tfms', 'pets_block',
+           'UprightImage', 'class_of_folder', 'LabelledImages', 'folder_labels', 'csv_labels', 'regex_labels',
+           'pets_labels', 'detect_labels', 'label_images', 'refuse_conflicts', 'usable_images', 'LabelOf',
+           'GivenSplitter', 'image_dataloaders', 'pets_dataloaders', 'input_spec_of', 'ImageCheck', 'check_images',
+           'LabelCheck', 'check_labelled', 'folder_dataloaders', 'csv_dataloaders', 'df_dataloaders',
+           'name_re_dataloaders', 'name_func_dataloaders', 'lists_dataloaders']
 
 # %% ../nbs/01_data.ipynb #fc6ae749
 import contextlib
@@ -497,7 +497,19 @@ def _detect(folder:Path) -> tuple:
     pick = "; ".join(f"{why}: --labels {k}" for k, why in fits.items())
     if fits: raise PetbreedsError(f"'{folder}' fits {len(fits)} ways of labelling ({pick})", "pick one with --labels")
     raise PetbreedsError(f"'{folder}' has no layout petbreeds knows: no Pets file names, no folder per class, no train/ and valid/ folders, no {LABELS_CSV}",
-                         "sort the images into a folder per class, or pass --labels csv:FILE (file,label rows) or --labels regex:PATTERN (the label in a (group) of the file name)")
+                         "sort the images into a folder per class, or pass --labels csv:FILE (file,label rows) or --labels regex:PATTERN (the label in a (group) of the file name)"
+                         + _names_hint(_walk_inside(folder)))
+
+NAMED_RE = {'.': r'^(.+)\.\d+\.\w+$', '_': r'^(.+)_\d+\.\w+$', '-': r'^(.+)-\d+\.\w+$'}   # <label><sep><number>.<ext>, as Kaggle's cat.12.jpg
+
+def _names_hint(files:list) -> str:
+    "Where most file names are <label>.<number>.jpg (Kaggle's cats and dogs) with two labels or more: the --labels regex that reads them"
+    for sep, pattern in NAMED_RE.items():
+        labels = [m.group(1) for p in files if (m := re.match(pattern, p.name))]
+        if len(set(labels)) >= 2 and 2 * len(labels) >= len(files):
+            example = next(p.name for p in files if re.match(pattern, p.name))
+            return f"; these names read <label>{sep}<number> (e.g. {example}): --labels 'regex:{pattern}'"
+    return ''
 
 def label_images(path:str|Path, # The images folder
                  labels:str='auto', # auto, pets, folders, csv, csv:FILE or regex:PATTERN

@@ -277,11 +277,12 @@ def _label_source(dls) -> str|None:
     return source if isinstance(source, str) and labels_problem(source) is None else None
 
 def save_model(learn:Learner, path:str|Path, metrics:dict=None,
-               weights:str=None # Where its starting weights came from (`petbreeds.backbones.weights_origin`), recorded in the file
+               weights:str=None, # Where its starting weights came from (`petbreeds.backbones.weights_origin`), recorded in the file
+               species:dict=None # {class: species} for classes that are not Pets' breeds (`petbreeds.core.read_species`)
               ) -> Path:
     "Write `learn`'s model as a petbreeds model file: safetensors weights, metadata in the header"
     arch = arch_name(learn)
     try: check_arch(arch)
     except PetbreedsError: raise PetbreedsError(f"can't save a model of architecture {arch!r}", "build it with pets_learner from a torchvision ResNet or a timm name") from None
-    return write_model_file(path, learn.model.state_dict(), model_meta(arch, learn.dls.vocab, input_spec_of(learn.dls), metrics, weights, _label_source(learn.dls)))
+    return write_model_file(path, learn.model.state_dict(), model_meta(arch, learn.dls.vocab, input_spec_of(learn.dls), metrics, weights, _label_source(learn.dls), species))
 

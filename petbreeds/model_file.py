@@ -29,11 +29,12 @@ def model_meta(arch:str, # A torchvision ResNet or a timm name
                spec:InputSpec, # How images were prepared for the model
                metrics:dict=None, # Training metrics to record
                weights:str=None, # Where the network's starting weights came from (`petbreeds.backbones.weights_origin`)
-               labels:str=None # Where the training labels came from, as `--labels` takes it (`petbreeds.data.label_images`): evaluate labels a folder the same way
+               labels:str=None, # Where the training labels came from, as `--labels` takes it (`petbreeds.data.label_images`): evaluate labels a folder the same way
+               species:dict=None # {class: species} for classes that are not Pets' breeds (`petbreeds.core.read_species`); the rest have none
               ) -> dict:
     "Everything besides the weights that a predictor needs"
     vocab = [str(v) for v in vocab]
-    return {'format': MODEL_FORMAT, 'format_version': FORMAT_VERSION, 'arch': arch, 'vocab': vocab, 'species': species_of_classes(vocab),
+    return {'format': MODEL_FORMAT, 'format_version': FORMAT_VERSION, 'arch': arch, 'vocab': vocab, 'species': species_of_classes(vocab, species),
             'input': spec.to_dict(), 'metrics': metrics or {}, 'versions': library_versions(),
             'created': datetime.now(timezone.utc).isoformat(timespec='seconds'), **({'weights': weights} if weights else {}), **({'labels': labels} if labels else {})}
 
@@ -83,7 +84,9 @@ def check_meta(path, text:str|None) -> dict:
     vocab = meta['vocab']
     if not isinstance(vocab, list) or len(vocab) < 2 or not all(isinstance(v, str) and v for v in vocab) or len(set(vocab)) != len(vocab):
         raise not_a_model(path, "its vocabulary is not a list of two or more distinct class names")
-    if meta['species'] != species_of_classes(vocab): raise not_a_model(path, "its species do not match its class names")
+    own, species = species_of_classes(vocab), meta['species']   # a breed's species is its own; another class's is the user's, or none
+    if not isinstance(species, list) or len(species) != len(vocab) or any(s != o if o is not None else not (s is None or isinstance(s, str) and s) for s, o in zip(species, own)):
+        raise not_a_model(path, "its species do not match its class names")
     if not isinstance(meta.get('metrics', {}), dict): raise not_a_model(path, "its metrics are not a JSON object")
     if not isinstance(meta.get('labels', ''), str): raise not_a_model(path, "its label source is not text")
     try: spec = InputSpec.from_dict(meta['input'])

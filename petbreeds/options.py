@@ -106,6 +106,7 @@ class TrainConfig:
     labels: str = option('auto', "where labels come from: auto (the layout that fits, said in one line), pets (Pets' file names), folders (a folder per class; train/ and valid/ if there), csv or csv:FILE (file,label rows), regex:PATTERN (the first group in each file name)", 'data', 'labels', example='folders')
     demo: bool = field(default=False, metadata=dict(help="train on synthetic images, sized for a CPU, offline: from real ImageNet EfficientNet-Lite0 weights where their package is installed, else resnet18 stand-ins (about a minute)"))
     target: str = option('breed', "with Pets' file names: what to predict", 'data', choices=('breed', 'species'))
+    species: str = option('', "a CSV of class,species rows: the species of classes that are not Pets' breeds, kept in the model so predict and the web page say it (default: none, and no species in the answers)", 'data', example='species.csv')
     valid_pct: float = option(0.2, "share of images held out for validation", 'data', 'fraction')
     seed: int = option(42, "seed for the split, the new head and the augmentations", 'data', 'count')
     size: int = option(224, "pixels: side of the square the model sees", 'presizing', 'pixels', demo=64)

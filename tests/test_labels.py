@@ -159,3 +159,82 @@ def test_hostile_layouts_are_one_line_or_the_right_answer(kit, tmp_path, capsys)
     assert code == 2 and err.count('\n') == 1 and 'has two labels in labels.csv' in err and 'keep one label per file' in err, err
     assert snapshot(flat) == before
     assert not (tmp_path/'run'/'model.safetensors').exists()
+
+# Any number of classes (issue 26 item 2): two, and a few hundred; a species for the user's classes only when they give it
+TINY = ('--arch', 'resnet18', '--size', '16', '--presize', '24', '--bs', '32', '--freeze-epochs', '0', '--epochs', '1')
+
+@pytest.fixture
+def standin(subprocess_env, monkeypatch):
+    "Training in this process starts from the resnet18 stand-in weights, as the subprocesses do"
+    monkeypatch.setenv('TORCH_HOME', subprocess_env['TORCH_HOME'])
+
+def test_two_classes_end_to_end_with_the_users_species(kit, standin, tmp_path, capsys):
+    "Two classes, and a CSV of class,species: the model keeps the species, predict --csv gives it, and it is the top class's"
+    data = relay_kit(kit, tmp_path/'data', {'Luna': 'Bengal', 'Max': 'pug'}, 'folders')
+    (tmp_path/'species.csv').write_text('class,species\nLuna,cat\nMax,dog\n', encoding='utf-8')
+    before = snapshot(data)
+    code, out, err = cli('train', data, *SMALL, '--epochs', '1', '--species', tmp_path/'species.csv', '--out', tmp_path/'run', capsys=capsys)
+    assert code == 0, err[-3000:]
+    assert f"species: 2 of 2 classes from {tmp_path/'species.csv'}" in err, err
+    meta = read_model_meta(tmp_path/'run'/'model.safetensors')
+    assert (meta['vocab'], meta['species']) == (['Luna', 'Max'], ['cat', 'dog'])
+    code, out, err = cli('predict', tmp_path/'run'/'model.safetensors', data, '--csv', tmp_path/'p.csv', capsys=capsys)
+    assert code == 0, err[-2000:]
+    with open(tmp_path/'p.csv', newline='', encoding='utf-8') as f: rows = list(csv.DictReader(f))
+    assert len(rows) == 16 and {'species', 'species_probability'} <= set(rows[0]), rows[0]
+    for r in rows:   # two classes, one species each: the species is the top class's, with its probability
+        assert r['species'] == {'Luna': 'cat', 'Max': 'dog'}[r['label_1']] and float(r['species_probability']) == pytest.approx(float(r['probability_1']), abs=1e-5), r
+    assert snapshot(data) == before
+
+def test_three_hundred_classes_check_train_and_per_class(kit, standin, tmp_path, capsys):
+    "300 classes of 2 tiny images: check counts them, one epoch trains, per_class.csv has a row each; a species for 1 class of 300 is no species"
+    import numpy as np
+    from PIL import Image
+    rng, data = np.random.default_rng(0), tmp_path/'data'
+    names = [f'class {i:03d}' for i in range(300)]
+    for i, name in enumerate(names):   # each picture its own (check refuses one picture under two classes): a colour and noise
+        (data/name).mkdir(parents=True)
+        colour = rng.integers(0, 256, 3)
+        for j in range(2): Image.fromarray(np.clip(colour + rng.normal(0, 20, (16, 16, 3)), 0, 255).astype('uint8')).save(data/name/f'{j}.png')
+    (tmp_path/'species.csv').write_text('class 000,rabbit\n', encoding='utf-8')
+    code, out, err = check(data, capsys=capsys)
+    assert code == 0, out + err
+    assert '600 image files, 600 usable, 300 classes' in out, out
+    code, out, err = cli('train', data, *TINY, '--species', tmp_path/'species.csv', '--out', tmp_path/'run', capsys=capsys)
+    assert code == 0, err[-3000:]
+    assert "species: 1 of 300 classes from" in err and "'class 001'" in err and 'and 294 more, so answers give no species' in err, err
+    with open(tmp_path/'run'/'per_class.csv', newline='', encoding='utf-8') as f: rows = list(csv.DictReader(f))
+    assert len(rows) == 300 and sorted(r['class'] for r in rows) == names and 'species' not in rows[0]
+    with Image.open(tmp_path/'run'/'confusion.png') as im: assert max(im.size) <= 2500, im.size   # not 0.32 inch a class: 10,000 pixels
+    meta = read_model_meta(tmp_path/'run'/'model.safetensors')
+    assert len(meta['vocab']) == 300 and meta['species'][0] == 'rabbit' and meta['species'][1:] == [None] * 299
+    code, out, err = cli('predict', tmp_path/'run'/'model.safetensors', data/'class 000'/'0.png', '--json', capsys=capsys)
+    assert code == 0 and 'species' not in json.loads(out), out + err   # one class of 300 with a species: none rather than a wrong one
+
+@pytest.mark.hostile
+@pytest.mark.parametrize('text,fragment', [
+    (None, 'does not exist'),
+    ('Luna,cat\npug,cat\n', "gives 'pug' the species 'cat', but it is a dog"),
+    ('Luna,cat\nLuna,dog\n', "gives 'Luna' two species: 'cat' and 'dog'"),
+    ('class,species\nLuna\n', "row 2 of"),
+    ('', 'has no rows')])
+def test_a_bad_species_file_is_one_line_before_any_work(kit, tmp_path, capsys, text, fragment):
+    data = relay_kit(kit, tmp_path/'data', {'Luna': 'Bengal', 'Max': 'pug'}, 'folders')
+    species = tmp_path/'species.csv'
+    if text is not None: species.write_text(text, encoding='utf-8')
+    code, out, err = cli('train', data, *TINY, '--species', species, '--out', tmp_path/'run', capsys=capsys)
+    assert code == 2 and err.count('\n') == 1 and fragment in err and 'Traceback' not in err, err
+    assert not (tmp_path/'run').exists()
+
+@pytest.mark.hostile
+def test_kaggle_names_get_the_regex_that_reads_them(kit, tmp_path, capsys):
+    "cat.0.jpg, dog.3.jpg (Kaggle's cats and dogs): auto is one line giving the --labels regex, and that regex reads them"
+    import re
+    data = relay_kit(kit, tmp_path/'data', {'cat': 'Bengal', 'dog': 'pug'}, 'regex')
+    assert sorted(p.name for p in data.iterdir())[:2] == ['cat.0.jpg', 'cat.1.jpg']
+    code, out, err = check(data, capsys=capsys)
+    assert code == 2 and err.count('\n') == 1 and 'has no layout petbreeds knows' in err, err
+    assert "these names read <label>.<number> (e.g. cat.0.jpg): --labels 'regex:" in err, err
+    suggested = re.search(r"--labels '(regex:[^']+)'", err).group(1)
+    code, out, err = check(data, '--labels', suggested, capsys=capsys)
+    assert code == 0 and '16 image files, 16 usable, 2 classes' in out and 'cat ' in out and 'dog ' in out, out + err
