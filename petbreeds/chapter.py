@@ -84,6 +84,7 @@ def readable_summary(text:str, source=None, width:int=110) -> str:
     if source is not None: text = text.replace(str(source), Path(source).name)
     text = re.sub(r"(Normalize -- )\{'mean'.*?'axes': \([^)]*\)\}", r"\1{ImageNet mean and std}", text, flags=re.S)
     text = re.sub(r"\n\s*gives\n", " gives\n", text)   # fastai breaks 'applying X -- {...}' and 'gives' over two lines
+    text = re.sub(r"np\.(?:float|int)\d+\(([^()]*)\)", r"\1", text)   # numpy scalars as plain numbers
     lines = [l for l in text.splitlines() if l.strip()]
     setup = lines[:next((i for i, l in enumerate(lines) if l.startswith('Setting up')), len(lines))]
     steps = [i for i, l in enumerate(lines) if l.startswith(('Building one sample', 'Building one batch'))]
