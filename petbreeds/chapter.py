@@ -26,13 +26,14 @@ from fastai.vision.core import PILImage, TensorImage, image2tensor
 # %% ../nbs/08_chapter.ipynb #64709f35
 @dataclass
 class PresizingComparison:
-    "The two ways to augment one image, and how close each comes to the careful reference"
+    "The two ways to augment one image, the same transform either way, and how close each comes to the careful reference"
     source: torch.Tensor    # the presized item, 3 x presize x presize, values in [0, 1]
     once: torch.Tensor      # all the batch transforms composed, one interpolation
-    chained: torch.Tensor   # zoom, then rotate, then warp, each interpolating
+    chained: torch.Tensor   # the same transform as three steps (warp, rotate, zoom), each interpolating at the output size
     reference: torch.Tensor # the composed transform sampled 4x finer, then averaged down
     psnr_once: float
     psnr_chained: float
+    psnr_chain_fine: float  # the three steps, each sampled 4x finer, against the reference: high means the same geometry
     figure: object = None
 
 def psnr(a:torch.Tensor, b:torch.Tensor) -> float:
@@ -48,32 +49,42 @@ def _augment(x, tfms):
 def compare_presizing(img, # A PIL image, or a path to one
                       size:int=224, presize:int=460, # As in `pets_block`
                       zoom:float=1.3, rotate:float=25., warp:float=0.2, # The augmentation applied, the same in both pipelines
-                      show:bool=True # Draw the three images side by side
+                      show:bool=True # Draw the images, zoomed crops and difference maps
                      ) -> PresizingComparison:
-    "Augment `img` with one interpolation and with one per step, and score both against a careful reference"
+    "Augment `img` with one interpolation and with one per step (the same transform), and score both against a careful reference"
     im = PILImage.create(img)
     item = Resize(presize)(im, split_idx=1)  # centre crop, as on the validation set
     src = TensorImage(image2tensor(item).float()[None] / 255)
-    def steps(out):
-        return [Zoom(draw=zoom, draw_x=0.5, draw_y=0.5, p=1., size=out), Rotate(draw=rotate, p=1., size=out),
-                Warp(draw_x=warp, draw_y=-warp, p=1., size=out)]
-    once = _augment(src, setup_aug_tfms(steps(size)))
-    chained = _augment(src, steps(size))
-    fine = _augment(src, setup_aug_tfms(steps(4 * size)))
-    reference = torch.nn.functional.avg_pool2d(fine, 4)
+    zoom_, rotate_, warp_ = (lambda out: Zoom(draw=zoom, draw_x=0.5, draw_y=0.5, p=1., size=out),
+                             lambda out: Rotate(draw=rotate, p=1., size=out), lambda out: Warp(draw_x=warp, draw_y=-warp, p=1., size=out))
+    composed = lambda out: setup_aug_tfms([zoom_(out), rotate_(out), warp_(out)])
+    # fastai's composed transform samples the source at warp(rotate(zoom(p))) for each output point p, so the chain that
+    # gives the same picture resamples in the opposite order: warp first, then rotate, then zoom
+    chain = lambda out: [warp_(out), rotate_(out), zoom_(out)]
+    once, chained = _augment(src, composed(size)), _augment(src, chain(size))
+    reference = F.avg_pool2d(_augment(src, composed(4 * size)), 4)
+    chain_fine = F.avg_pool2d(_augment(src, chain(4 * size)), 4)
     res = PresizingComparison(src[0], once[0].clamp(0, 1), chained[0].clamp(0, 1), reference[0].clamp(0, 1),
-                              psnr(once, reference), psnr(chained, reference))
+                              psnr(once, reference), psnr(chained, reference), psnr(chain_fine, reference))
     if show: res.figure = _show_presizing(res)
     return res
 
-def _show_presizing(res):
+def _show_presizing(res, crop:int=4, gain:float=8.):
+    "The item and the three results; below, the middle `1/crop` of each, enlarged, and each one's difference from the reference times `gain`"
     import matplotlib.pyplot as plt
-    fig, axs = plt.subplots(1, 3, figsize=(4.9, 2.1))
-    panels = [(res.source, 'presized item'), (res.once, f'one interpolation\nPSNR {res.psnr_once:.1f} dB'),
+    n = res.once.shape[-1]; a, b = n // 2 - n // (2 * crop), n // 2 + n // (2 * crop)
+    fig, axs = plt.subplots(3, 4, figsize=(6.6, 5.4), layout='constrained')
+    for ax in axs.flat: ax.axis('off')
+    rgb = lambda t: t.permute(1, 2, 0).numpy()
+    panels = [(res.reference, 'careful reference\n(4x finer, averaged)'), (res.once, f'one interpolation\nPSNR {res.psnr_once:.1f} dB'),
               (res.chained, f'one per step\nPSNR {res.psnr_chained:.1f} dB')]
-    for ax, (t, title) in zip(axs, panels):
-        ax.imshow(t.permute(1, 2, 0).numpy()); ax.set_title(title, fontsize=9); ax.axis('off')
-    fig.tight_layout()
+    axs[0, 0].imshow(rgb(res.source)); axs[0, 0].set_title('presized item', fontsize=9)
+    axs[1, 0].text(0.5, 0.5, f'the middle\n{b - a} x {b - a} pixels,\nenlarged', ha='center', va='center', fontsize=9, transform=axs[1, 0].transAxes)
+    axs[2, 0].text(0.5, 0.5, f'difference from\nthe reference,\ntimes {gain:g}', ha='center', va='center', fontsize=9, transform=axs[2, 0].transAxes)
+    for col, (t, title) in enumerate(panels, start=1):
+        axs[0, col].imshow(rgb(t)); axs[0, col].set_title(title, fontsize=9)
+        axs[1, col].imshow(rgb(t[:, a:b, a:b]))
+        if t is not res.reference: axs[2, col].imshow(rgb(((t - res.reference).abs() * gain).clamp(0, 1)))
     return fig
 
 # %% ../nbs/08_chapter.ipynb #0bc2fac8
