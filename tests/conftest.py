@@ -21,17 +21,22 @@ if _OWN_CACHE: os.environ['PETBREEDS_CACHE'] = _OWN_CACHE
 # that are about the demo a user runs (tests/test_train.py's demo_run, tests/test_real_weights.py) use plain --demo.
 STANDIN_DEMO = ('--demo', '--arch', 'resnet18')
 
-@pytest.fixture(scope='session')
-def subprocess_env(tmp_path_factory):
-    "Environment for subprocesses: offline too, a private PETBREEDS_HOME, stand-in weights' TORCH_HOME"
-    from petbreeds.testing import use_standin_weights
+def offline_env(tmp_path_factory, standins:bool=True) -> dict:
+    "Environment for subprocesses: offline too, a private PETBREEDS_HOME and, with `standins`, the stand-in weights' TORCH_HOME"
     env = dict(os.environ)
     env['PYTHONPATH'] = os.pathsep.join([str(TESTS/'offline_site')] + [p for p in [env.get('PYTHONPATH')] if p])
     env['PETBREEDS_HOME'] = str(tmp_path_factory.mktemp('petbreeds_home'))
-    env['TORCH_HOME'] = str(use_standin_weights('resnet18'))
+    if standins:
+        from petbreeds.testing import use_standin_weights
+        env['TORCH_HOME'] = str(use_standin_weights('resnet18'))
     env['PYTHONUNBUFFERED'] = '1'
     env.pop('CUDA_VISIBLE_DEVICES', None)
     return env
+
+@pytest.fixture(scope='session')
+def subprocess_env(tmp_path_factory):
+    "Environment for subprocesses: offline too, a private PETBREEDS_HOME, stand-in weights' TORCH_HOME"
+    return offline_env(tmp_path_factory)
 
 @pytest.fixture(autouse=True)
 def private_home(tmp_path, monkeypatch):

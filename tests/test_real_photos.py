@@ -81,14 +81,8 @@ def untagged(src, dest):
 @pytest.fixture(scope='module')
 def env(tmp_path_factory):
     "Offline subprocesses with a private PETBREEDS_HOME, as conftest's `subprocess_env`, without its stand-in weights: this model needs none"
-    import os
-    from conftest import TESTS
-    env = dict(os.environ)
-    env['PYTHONPATH'] = os.pathsep.join([str(TESTS/'offline_site')] + [p for p in [env.get('PYTHONPATH')] if p])
-    env['PETBREEDS_HOME'] = str(tmp_path_factory.mktemp('petbreeds_home'))
-    env['PYTHONUNBUFFERED'] = '1'
-    env.pop('CUDA_VISIBLE_DEVICES', None)
-    return env
+    from conftest import offline_env
+    return offline_env(tmp_path_factory, standins=False)
 
 @pytest.fixture(scope='module')
 def model(tmp_path_factory):
