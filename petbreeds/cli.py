@@ -91,8 +91,10 @@ def subcommand(name:str, run):
 
 # %% ../nbs/07_cli.ipynb #128d3e4c
 def _images_folder(folder):
-    "The folder given, or the downloaded Pets images"
-    if folder is not None: return Path(folder)
+    "The folder given (checked here, so a typo is answered before fastai is imported), or the downloaded Pets images"
+    if folder is not None:
+        if not Path(folder).is_dir(): raise PetbreedsError(f"'{folder}' is not a folder", "give the folder that holds the images, e.g. .../oxford-iiit-pet/images")
+        return Path(folder)
     from petbreeds.data import get_pets
     return get_pets()
 
@@ -119,8 +121,9 @@ def _add_labels(p, default):
 
 def run_check(args) -> int:
     "Check a folder of images; 0 if clean, 1 if problems were found"
+    folder = _images_folder(args.dir)
     from petbreeds.data import check_images
-    report = check_images(_images_folder(args.dir), labels=args.labels)
+    report = check_images(folder, labels=args.labels)
     print(json.dumps(report.to_dict(), indent=1) if args.json else report)
     return 1 if report.problems else 0
 

@@ -23,23 +23,23 @@ from pathlib import Path
 
 from .core import (SPECIES, PetbreedsError, PetbreedsWarning, RankInfo, get_device, get_precision, library_versions, rank_info,
                             read_species, seed_everything, species_of_classes, write_json)
-from .backbones import arch_stats, weights_origin
+from .backbones import arch_stats, check_arch, weights_origin
 from .input_spec import InputSpec
 from .options import DEFAULTS, DEMO, TrainConfig  # noqa: F401 (TrainConfig, DEMO re-exported: a run's options)
 
 # %% ../nbs/06_runs.ipynb #d99ce13b
 def check_config(cfg:TrainConfig) -> TrainConfig:
     "Refuse options that can't work on this machine and these files, before any work starts (`TrainConfig` has checked each value)"
-    from petbreeds.learner import get_arch
-    from petbreeds.tracking import check_trackers
-    get_arch(cfg.arch)
-    check_trackers(cfg.log)   # a tracker's package missing: one line naming the pip install
-    get_precision(cfg.precision, get_device(cfg.device))
-    if cfg.weights not in ('imagenet', 'none') and not Path(cfg.weights).is_file():
-        raise PetbreedsError(f"weights file '{cfg.weights}' does not exist", "pass an existing state-dict file, or --weights imagenet|none")
+    # the files first, then what needs a library: a typo costs the user a second, not the import of timm, torch and fastai
     if cfg.images is not None and not Path(cfg.images).is_dir():
         raise PetbreedsError(f"'{cfg.images}' is not a folder", "give the folder that holds the images, or leave it out to download Pets, or use --demo")
+    if cfg.weights not in ('imagenet', 'none') and not Path(cfg.weights).is_file():
+        raise PetbreedsError(f"weights file '{cfg.weights}' does not exist", "pass an existing state-dict file, or --weights imagenet|none")
     if cfg.species: read_species(cfg.species)   # a missing or malformed species file: one line, before any work
+    from petbreeds.tracking import check_trackers
+    check_arch(cfg.arch)      # a ResNet by name; timm only for other names
+    check_trackers(cfg.log)   # a tracker's package missing: one line naming the pip install
+    get_precision(cfg.precision, get_device(cfg.device))
     return cfg
 
 def species_line(species:dict, vocab:list, file:str) -> str:
@@ -193,12 +193,12 @@ def prepare(cfg:TrainConfig=None, out:str|Path=None, resume_run:bool=False, prog
             say=None # Called with a line a user should read as the run starts: which weights a demo got
            ) -> Run:
     "Check `cfg`, claim the run folder `out` (or continue it), and build the DataLoaders and learner"
-    from petbreeds.data import image_dataloaders
-    from petbreeds.learner import fine_tune_stages, pets_learner
     if resume_run:
         if out is None: raise PetbreedsError("resuming needs the run folder", "pass the folder of the run to resume")
         cfg = load_config(out)
     cfg = check_config(cfg or TrainConfig())
+    from petbreeds.data import image_dataloaders   # fastai: once the options are known to be good
+    from petbreeds.learner import fine_tune_stages, pets_learner
     me = _join(cfg)
     stages = fine_tune_stages(cfg.epochs, cfg.lr, cfg.freeze_epochs, sizes=cfg.sizes)
     out = Path(out) if out is not None else new_run_folder(cfg, suffix)
@@ -350,10 +350,10 @@ def train(cfg:TrainConfig=None, # The options; None: all defaults
 # %% ../nbs/06_runs.ipynb #6dc43fc8
 def lr_find_run(cfg:TrainConfig=None, out:str|Path=None, num_it:int=100) -> dict:
     "Run fastai's LR finder for a run with options `cfg`; write lr_find.png and lr_find.json into `out`"
+    run = prepare(cfg, out, suffix='-lr-find')   # first: bad options are one line before anything heavy is imported
     import matplotlib.pyplot as plt
     from petbreeds.learner import find_lr
     from petbreeds.tracking import finish_trackers, run_trackers
-    run = prepare(cfg, out, suffix='-lr-find')
     trackers = run_trackers(run.cfg.log, run.out, {**run.params(), 'kind': 'lr-find'})   # the finder's curve: lr and loss by step
     with run.learn.added_cbs(trackers): suggestions, fig = find_lr(run.learn, run.out, num_it=num_it)
     plt.close(fig)
@@ -405,12 +405,12 @@ def evaluate_model(model_file:str|Path, # A model.safetensors from a run
                    say=None # Called with a line a user should read: the label source, classes the model never saw
                   ) -> dict:
     "Evaluate a saved model on its validation split, on a folder's test/ images, or on a labelled folder; write the results to `out`"
-    from petbreeds.data import PetsLabeller, get_pet_images, image_dataloaders, label_images, usable_images
     from petbreeds.model_file import load_model, load_weights
+    model_file = Path(model_file)
+    state, meta = load_model(model_file)   # a missing or foreign file: one line, before fastai is imported
+    from petbreeds.data import PetsLabeller, get_pet_images, image_dataloaders, label_images, usable_images
     from petbreeds.interpret import evaluate, write_evaluation, write_suspects
     from petbreeds.learner import pets_learner
-    model_file = Path(model_file)
-    state, meta = load_model(model_file)
     run = _run_of(model_file)
     images = Path(images) if images is not None else _trained_on(model_file, run, "pass a folder of labelled images to evaluate on")
     same_folder = run is not None and images.is_dir() and Path(run['images']).resolve() == images.resolve()
