@@ -35,21 +35,25 @@ def short_side_shape(w:int, h:int, side:int) -> tuple:
     s = side / min(w, h)
     return max(side, round(h * s)), max(side, round(w * s))
 
+def _square_plan(w:int, h:int, side:int, resize:str) -> tuple:
+    "How `centre_square` makes its square, per axis (x, then y): the window [a, b) of the image it resizes, the length it resizes it to, and the first of the `side` samples it keeps"
+    if resize == 'resize_then_crop':
+        rh, rw = short_side_shape(w, h, side)
+        return (0, w, rw, int(0.5 * (rw - side))), (0, h, rh, int(0.5 * (rh - side)))
+    m = w / side if w / side < h / side else h / side
+    crop = int(m * side)
+    left, top = int(0.5 * (w - crop)), int(0.5 * (h - crop))
+    return (left, min(left + crop, w), side, 0), (top, min(top + crop, h), side, 0)
+
 def centre_square(img:Image.Image, # The decoded image
                   side:int, # Side of the square to make, in pixels
                   resize:str='crop_then_resize' # One of `RESIZE_METHODS`
                  ) -> Image.Image:
     "The centred square of `img` at `side` pixels, made as the validation item stage makes it"
-    w, h = img.size
+    (x0, x1, rw, left), (y0, y1, rh, top) = _square_plan(*img.size, side, resize)
     if resize == 'resize_then_crop':
-        rh, rw = short_side_shape(w, h, side)
-        img = img.resize((rw, rh), Image.BILINEAR)
-        top, left = int(0.5 * (rh - side)), int(0.5 * (rw - side))
-        return img.crop((left, top, left + side, top + side))
-    m = w / side if w / side < h / side else h / side
-    crop = int(m * side)
-    left, top = int(0.5 * (w - crop)), int(0.5 * (h - crop))
-    return img.crop((left, top, min(left + crop, w), min(top + crop, h))).resize((side, side), Image.BILINEAR)
+        return img.resize((rw, rh), Image.BILINEAR).crop((left, top, left + side, top + side))
+    return img.crop((x0, y0, x1, y1)).resize((side, side), Image.BILINEAR)
 
 # %% ../nbs/00a_input_spec.ipynb #b951a593
 def pixel_problem(img:Image.Image) -> str|None:
