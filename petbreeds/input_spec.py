@@ -208,7 +208,7 @@ def prepare_image(img:Image.Image, # Decoded or only opened, in any mode: it is 
     return x * scale[:, None, None] + shift[:, None, None]
 
 # %% ../nbs/00a_input_spec.ipynb #9dd24367
-ONE_PASS_MAX_TAPS = 12   # wider taps (a photo about 6x the item side): Pillow's C resize and the exact path are faster (bench/image.py)
+ONE_PASS_MAX_TAPS = 12   # wider taps (a photo's short side about 6x the model's size): Pillow's C resize and the exact path are as fast (bench/image.py)
 _TURNED = {2, 3, 4, 5, 6, 7, 8}   # EXIF orientations that `upright_rgb` turns or mirrors
 
 def _pillow_taps(n_in:int, n_out:int) -> tuple:
@@ -248,7 +248,7 @@ def _prepare_one_pass(img:Image.Image, spec:InputSpec, max_taps:int=ONE_PASS_MAX
     (x0, x1, rw, left), (y0, y1, rh, top) = _square_plan(*img.size, spec.item_side, spec.resize)
     ri, rwt = _one_pass_taps(y0, y1, rh, top, spec.item_side, spec.size)
     ci, cwt = _one_pass_taps(x0, x1, rw, left, spec.item_side, spec.size)
-    if max(ri.shape[1], ci.shape[1]) > max_taps: return prepare_image(img, spec)
+    if spec.size == spec.item_side or max(ri.shape[1], ci.shape[1]) > max_taps: return prepare_image(img, spec)   # no step (3) to fold in, or wide taps
     c0 = int(ci.min())
     x = np.asarray(img)[:, c0:int(ci.max()) + 1]; ci = ci - c0                        # only the columns the taps read
     x = sum(x[ri[:, j]] * rwt[:, j, None, None] for j in range(ri.shape[1]))         # rows, whole rows gathered: size x columns x 3
