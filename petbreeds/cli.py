@@ -5,10 +5,10 @@
 # %% auto #0
 __all__ = ['PREDICT_BATCH', 'UsageError', 'positive_int', 'option_type', 'out_folder', 'build_parser', 'subcommand',
            'run_download', 'add_download', 'run_check', 'add_check', 'run_archs', 'add_archs', 'config_from_args',
-           'run_train', 'add_train', 'run_lr_find', 'add_lr_find', 'run_runs', 'add_runs', 'run_evaluate',
-           'add_evaluate', 'image_suffixes', 'image_paths', 'printable', 'prediction_columns', 'prediction_row',
-           'run_predict', 'add_predict', 'run_explain', 'add_explain', 'run_export', 'add_export', 'tcp_port',
-           'run_serve', 'add_serve', 'main']
+           'run_train', 'add_train', 'run_lr_find', 'lr_find_steps', 'add_lr_find', 'run_runs', 'add_runs',
+           'run_evaluate', 'add_evaluate', 'image_suffixes', 'image_paths', 'printable', 'prediction_columns',
+           'prediction_row', 'run_predict', 'add_predict', 'run_explain', 'add_explain', 'run_export', 'add_export',
+           'tcp_port', 'run_serve', 'add_serve', 'main']
 
 # %% ../nbs/07_cli.ipynb #954544b8
 import argparse
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from . import __version__
 from .core import PetbreedsError, quiet_library_warnings, replace_when_done, spreadsheet_safe
-from .options import TrainConfig, option_fields, parse_value
+from .options import LR_FIND_MIN_STEPS, TrainConfig, option_fields, parse_value
 
 # %% ../nbs/07_cli.ipynb #7aa2d759
 class _Parser(argparse.ArgumentParser):
@@ -258,11 +258,17 @@ def add_train(p):
 def run_lr_find(args) -> int:
     from petbreeds.runs import lr_find_run
     cfg = config_from_args(args)
-    found = lr_find_run(cfg, args.out)
+    found = lr_find_run(cfg, args.out, num_it=args.steps)
     for name, lr in found.items():
         if name != 'out': print(f"{name:8s} {lr:.2e}")
     print(f"plot: {found['out']}/lr_find.png")
     return 0
+
+def lr_find_steps(text:str) -> int:
+    "An `argparse` type: the LR finder's step limit, `LR_FIND_MIN_STEPS` or more"
+    value = positive_int(text)
+    if value < LR_FIND_MIN_STEPS: raise argparse.ArgumentTypeError(f"expected {LR_FIND_MIN_STEPS} or more (fastai's suggestions need them), got {value}")
+    return value
 
 @subcommand('lr-find', run_lr_find)
 def add_lr_find(p):
@@ -271,6 +277,8 @@ def add_lr_find(p):
     Train with a learning rate growing every batch until the loss blows up; print fastai's valley,
     slide, minimum and steep suggestions and write lr_find.png (log scale)."""
     _add_train_options(p)
+    p.add_argument('--steps', type=lr_find_steps, default=100, metavar='N',
+                   help=f"at most N steps, fewer if the loss blows up first (default: 100, fastai's; at least {LR_FIND_MIN_STEPS}, what its suggestions need)")
 
 # %% ../nbs/07_cli.ipynb #9426a5fb
 def run_runs(args) -> int:

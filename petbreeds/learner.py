@@ -23,7 +23,7 @@ from .backbones import arch_kwargs, arch_stats, check_arch, classifier_prefix, i
 from .core import RESNETS, PetbreedsError, PetbreedsWarning, get_precision
 from .data import input_spec_of
 from .model_file import model_meta, write_model_file
-from .options import DEFAULTS, labels_problem
+from .options import DEFAULTS, LR_FIND_MIN_STEPS, labels_problem
 
 # %% ../nbs/02_learner.ipynb #1c6aad47
 from fastai.callback.channelslast import ChannelsLast
@@ -185,11 +185,22 @@ def plot_lr_find(recorder, suggestions:dict, skip_end:int=5):
     ax.legend(loc='best'); ax.set_title('LR finder'); fig.tight_layout()
     return fig
 
+def _curve_left(recorder, num_it:int) -> int:
+    "How many points of the finder's curve fastai's suggestions read: less the first tenth and last 5 steps, up to the first NaN"
+    losses = [float(l) for l in recorder.losses[num_it // 10:-5]]
+    return next((i for i, l in enumerate(losses) if math.isnan(l)), len(losses))
+
 def find_lr(learn:Learner, out:str|Path=None, # Folder to save `lr_find.png` in (none: don't save)
             start_lr:float=1e-7, end_lr:float=10, num_it:int=100) -> tuple:
     "fastai's `lr_find`: its four suggestions and the log-scale plot (saved as `out/lr_find.png`)"
+    if not isinstance(num_it, int) or isinstance(num_it, bool) or num_it < LR_FIND_MIN_STEPS:
+        raise PetbreedsError(f"the LR finder needs at least {LR_FIND_MIN_STEPS} steps for its suggestions, got {num_it!r}", "pass e.g. --steps 100 (fastai's default)")
     with learn.no_bar():
-        found = learn.lr_find(start_lr=start_lr, end_lr=end_lr, num_it=num_it, show_plot=False, suggest_funcs=SUGGESTIONS)
+        try: found = learn.lr_find(start_lr=start_lr, end_lr=end_lr, num_it=num_it, show_plot=False, suggest_funcs=SUGGESTIONS)
+        except IndexError:   # fastai's `slide` or `valley` on a curve too short
+            if _curve_left(learn.recorder, num_it) >= 16: raise
+            raise PetbreedsError(f"the LR finder's loss blew up after {len(learn.recorder.lrs)} of its {num_it} steps, too soon for its suggestions "
+                                 f"(they need 16 steps between its first tenth and its last 5)", f"give it more steps, e.g. --steps {2 * num_it}") from None
     suggestions = {name: float(lr) for name, lr in found._asdict().items()}
     fig = plot_lr_find(learn.recorder, suggestions)
     if out is not None:

@@ -354,10 +354,15 @@ def lr_find_run(cfg:TrainConfig=None, out:str|Path=None, num_it:int=100) -> dict
     import matplotlib.pyplot as plt
     from petbreeds.learner import find_lr
     from petbreeds.tracking import finish_trackers, run_trackers
-    trackers = run_trackers(run.cfg.log, run.out, {**run.params(), 'kind': 'lr-find'})   # the finder's curve: lr and loss by step
-    with run.learn.added_cbs(trackers): suggestions, fig = find_lr(run.learn, run.out, num_it=num_it)
+    finder = {'start_lr': 1e-7, 'end_lr': 10.0, 'num_it': num_it}   # fastai's range, at most num_it steps
+    trackers = run_trackers(run.cfg.log, run.out, {**run.params(), 'kind': 'lr-find', 'lr_find': finder})   # lr_find.num_it, ...; the curve: by step
+    try:
+        with run.learn.added_cbs(trackers): suggestions, fig = find_lr(run.learn, run.out, **finder)
+    except KeyboardInterrupt: finish_trackers(trackers, status='KILLED'); raise
+    except BaseException: finish_trackers(trackers, status='FAILED'); raise   # a loss that blew up too soon, say: not left RUNNING
     plt.close(fig)
-    write_json(run.out/'lr_find.json', {'suggestions': suggestions, 'options': asdict(run.cfg), **asdict(run.setup)})
+    curve = {'lr': [float(v) for v in run.learn.recorder.lrs], 'smooth_loss': [float(v) for v in run.learn.recorder.losses]}   # every step, as plotted
+    write_json(run.out/'lr_find.json', {'suggestions': suggestions, 'finder': finder, 'curve': curve, 'options': asdict(run.cfg), **asdict(run.setup)})
     finish_trackers(trackers, {f'lr_{k}': v for k, v in suggestions.items()}, [run.out/'lr_find.png', run.out/'lr_find.json'])
     return {**suggestions, 'out': str(run.out)}
 

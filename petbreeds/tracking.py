@@ -171,12 +171,20 @@ class Tracker(Callback):
     def before_fit(self):   # each stage is a fit of its own: start once, then go on counting
         if self.logged is None: self.logged = self.start()
         self.step = _count_rows(self.folder/'batches.csv')   # batches trained before this fit, by earlier stages or before a resume
+        self.fit_steps = 0   # batches of this fit logged
+
+    def _log_batch(self):
+        self.step += 1; self.fit_steps += 1
+        self.log_step(self.step, {**{f'lr_group{i}': float(h['lr']) for i, h in enumerate(self.opt.hypers)},
+                                  'train_loss_step': float(self.loss.detach()), 'train_smooth_loss_step': float(self.smooth_loss)})
 
     def after_batch(self):
-        if not self.training: return
-        self.step += 1
-        self.log_step(self.step, {**{f'lr_group{i}': float(h['lr']) for i, h in enumerate(self.opt.hypers)},
-                                  'train_loss_step': float(self.loss.detach())})
+        if self.training: self._log_batch()
+
+    def after_cancel_fit(self):
+        # the LR finder stops from its own after_batch (order 60), before this one's (72) runs: its last step, which
+        # its curve holds, is logged here (a NaN stop's batch is not: no epoch of the run's record holds it)
+        if hasattr(self.learn, 'lr_finder') and self.training and self.learn.train_iter > self.fit_steps: self._log_batch()
 
     def after_epoch(self):
         if hasattr(self.learn, 'lr_finder'): return   # the LR finder's one "epoch" is its curve, logged by step

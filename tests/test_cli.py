@@ -94,6 +94,9 @@ def test_lr_find_refuses_the_same_way(kit, subprocess_env, tmp_path):
     res = petbreeds_cmd('lr-find', kit, '--size', '128', '--presize', '96', '--out', tmp_path/'R', env=_own_home(subprocess_env, tmp_path), cwd=tmp_path)
     assert_one_line_error(res, 'presize 96 is smaller than size 128')
     _nothing_written(tmp_path)
+    few = petbreeds_cmd('lr-find', kit, '--steps', '22', '--out', tmp_path/'R', env=_own_home(subprocess_env, tmp_path), cwd=tmp_path)
+    assert_one_line_error(few, 'argument --steps: expected 23 or more', 'got 22')   # fastai's suggestions need 23
+    _nothing_written(tmp_path)
 
 def test_a_batch_the_images_cannot_fill_is_refused_before_the_cache_and_can_be_run_again(kit, subprocess_env, tmp_path):
     env = _own_home(subprocess_env, tmp_path)

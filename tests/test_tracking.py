@@ -1,7 +1,8 @@
 """Experiment tracking end to end (`petbreeds.tracking`, `petbreeds runs`): a real `mlflow server` over SQLite on a
 loopback port receives tiny runs, read back with `MlflowClient`; TensorBoard's event files read back with its own
-`EventAccumulator`; a killed and resumed run keeps one MLflow run; a server that stops mid-run is a warning; and
-`petbreeds runs` tells finished, interrupted and diverged runs apart."""
+`EventAccumulator`; the LR finder's curve in both; MLflow's UI and TensorBoard opened in headless chromium; a killed
+and resumed run keeps one MLflow run; a server that stops mid-run is a warning; and `petbreeds runs` tells finished,
+interrupted and diverged runs apart."""
 import csv
 import json
 import os
@@ -124,6 +125,102 @@ def test_tensorboard_events_hold_every_epoch(tracked):
         assert [e.step for e in got] == [int(h['epoch']) for h in history], name
         assert [round(e.value, 5) for e in got] == [round(float(h[name]), 5) for h in history], name
     assert len(events.Scalars('lr_group0')) == len(rows(run/'batches.csv'))
+
+# the LR finder on the same 74 images: random weights, a small batch, 30 steps (it can stop sooner; fastai's suggestions need 16 left of its curve)
+FINDER = ['--arch', 'resnet18', '--weights', 'none', '--size', 32, '--presize', 40, '--bs', 8, '--num-workers', 0, '--steps', 30]
+
+def test_lr_find_logs_its_curve_to_both_trackers(work, server, tmp_path):
+    "`petbreeds lr-find --log tensorboard,mlflow`: every step of the finder's curve (its last too), its options, suggestions and plot"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    d, env = work
+    out = tmp_path/'runs'/'finder'   # not in work's runs/, which test_runs_lists_each_status_and_compares lists whole
+    res = petbreeds_cmd('lr-find', d/'images', *FINDER, '--log', 'tensorboard,mlflow', '--out', out, env={**env, 'MLFLOW_TRACKING_URI': server}, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    found = json.loads((out/'lr_find.json').read_text())
+    lrs, losses = found['curve']['lr'], found['curve']['smooth_loss']
+    assert 16 <= len(lrs) == len(losses) <= found['finder']['num_it'] == 30 and lrs == sorted(lrs), found['finder']
+    printed = {w[0]: w[1] for w in map(str.split, res.stdout.splitlines()) if len(w) == 2 and w[0] in found['suggestions']}
+    assert printed == {k: f"{v:.2e}" for k, v in found['suggestions'].items()}, res.stdout
+    steps = list(range(1, len(lrs) + 1))
+
+    saved = json.loads((out/'mlflow.json').read_text())
+    client = client_for(server)
+    logged = client.get_run(saved['run_id'])
+    assert (logged.info.status, logged.info.run_name) == ('FINISHED', 'finder')
+    params = logged.data.params
+    assert {k: params[k] for k in ('kind', 'arch', 'size', 'bs', 'weights', 'log', 'lr_find.num_it', 'lr_find.start_lr', 'lr_find.end_lr', 'train_images')} == {
+        'kind': 'lr-find', 'arch': 'resnet18', 'size': '32', 'bs': '8', 'weights': 'none', 'log': 'tensorboard,mlflow',
+        'lr_find.num_it': '30', 'lr_find.start_lr': '1e-07', 'lr_find.end_lr': '10.0', 'train_images': str(found['train_images'])}
+    def history(name): return sorted(client.get_metric_history(saved['run_id'], name), key=lambda m: m.step)
+    for group in ('lr_group0', 'lr_group1', 'lr_group2'):   # the finder grows every param group's rate alike
+        assert [(m.step, m.value) for m in history(group)] == list(zip(steps, lrs)), group
+    assert [(m.step, m.value) for m in history('train_smooth_loss_step')] == list(zip(steps, losses))   # the plotted curve, step by step
+    assert [m.step for m in history('train_loss_step')] == steps
+    assert {k: logged.data.metrics[f'final_lr_{k}'] for k in found['suggestions']} == found['suggestions']
+    assert {a.path for a in client.list_artifacts(saved['run_id'])} == {'lr_find.png', 'lr_find.json'}
+    plot = Path(client.download_artifacts(saved['run_id'], 'lr_find.png', str(tmp_path)))
+    assert plot.read_bytes() == (out/'lr_find.png').read_bytes()
+
+    events = EventAccumulator(str(out)); events.Reload()
+    got = events.Scalars('train_smooth_loss_step')   # float32 in the event file
+    assert [e.step for e in got] == steps and [e.value for e in got] == pytest.approx(losses, rel=1e-6)
+    assert [e.value for e in events.Scalars('lr_group0')] == pytest.approx(lrs, rel=1e-6)
+    assert [round(events.Scalars(f'final_lr_{k}')[0].value, 12) for k in found['suggestions']] == pytest.approx(list(found['suggestions'].values()), rel=1e-6)
+
+def test_mlflow_ui_and_tensorboard_show_the_run_in_a_browser(tracked, server, work, tmp_path):
+    "MLflow's own UI (the test's server) and TensorBoard, opened in headless chromium, show the tracked run: its name, options and curves"
+    import playwright.sync_api as playwright   # a dev requirement: never skipped
+    from test_serve import BROWSER_ARGS, CHROMIUM, running
+    assert Path(CHROMIUM).exists(), f"the browser test needs Debian's chromium at {CHROMIUM}: apt-get install chromium (.ci/run does)"
+    expect, wait = playwright.expect, 120_000   # ms: a busy 2-core machine
+    run, _ = tracked
+    saved = json.loads((run/'mlflow.json').read_text())
+    shots = Path(os.environ.get('PETBREEDS_SCREENSHOTS') or tmp_path); shots.mkdir(parents=True, exist_ok=True)   # to look at them: set it
+    port = free_port()
+    tensorboard = [str(BIN/'tensorboard'), '--logdir', str(run.parent), '--host', '127.0.0.1', '--port', str(port)]
+    with running(tensorboard, f"http://127.0.0.1:{port}/", env=work[1], cwd=tmp_path, log=tmp_path/'tensorboard.log'), \
+         playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS, timeout=60_000)
+        try:
+            page = browser.new_page(viewport={'width': 1400, 'height': 1200})
+            page.set_default_timeout(wait)
+            # MLflow 3 opens in its GenAI view: the run's page in its "Model training" one, as its own switch links it
+            page.goto(f"{server}/#/experiments/{saved['experiment_id']}/runs/{saved['run_id']}?workflowType=machine_learning")
+            expect(page.get_by_role('heading', name='tracked', exact=True)).to_be_visible()   # the run's name
+            expect(page.get_by_role('button', name='Model training')).to_be_visible()
+            assistant = page.get_by_role('button', name='Close')   # MLflow's chat panel, open by default, covers a third of the page
+            if assistant.count(): assistant.first.click()
+            search = page.get_by_placeholder('Search parameters')   # the parameters table's own search
+            search.scroll_into_view_if_needed()
+            for name, value in (('log', 'tensorboard,mlflow'), ('bs', '16'), ('arch', 'resnet18')):   # not size: a metric's name too; arch last, for the screenshot
+                search.fill(name)
+                expect(page.get_by_role('row').filter(has=page.get_by_text(name, exact=True)).filter(has=page.get_by_text(value, exact=True))).to_have_count(1)
+            page.screenshot(path=str(shots/'tracking_mlflow_run.png'), full_page=True)
+            page.get_by_role('tab', name='Model metrics').click()
+            expect(page.get_by_text('tracked (error_rate)', exact=True)).to_be_visible()   # a chart drawn, its legend the run
+            page.get_by_placeholder('Search metric charts').fill('loss')
+            for name in ('train_loss', 'valid_loss'):   # drawn as they scroll into view
+                page.get_by_role('heading', name=name, exact=True).scroll_into_view_if_needed()
+                expect(page.get_by_text(f'tracked ({name})', exact=True)).to_be_visible()
+            page.screenshot(path=str(shots/'tracking_mlflow_metrics.png'), full_page=True)
+            # TensorBoard: the run in its runs list, a card per tag
+            page.goto(f"http://127.0.0.1:{port}/#timeseries")
+            expect(page.get_by_text('tracked', exact=True).first).to_be_visible()
+            for name in ('train_loss', 'valid_loss', 'error_rate', 'accuracy', 'lr_group0', 'train_smooth_loss_step'):
+                expect(page.get_by_text(name, exact=True).first).to_be_attached()   # each tag's group
+            tags = page.get_by_role('combobox', name='Filter tags (regex)')
+            tags.fill('^(valid_loss|error_rate)$'); tags.press('Escape')   # two cards, the suggestions list closed
+            expect(page.get_by_text('2 cards')).to_be_visible()
+            history = rows(run/'history.csv')
+            for name in ('valid_loss', 'error_rate'):   # each card: its title, and in its table the run's value at its last epoch
+                card = page.locator('scalar-card-component').filter(has=page.locator('tb-truncated-path.tag', has_text=name))
+                row = card.locator('tb-data-table-content-row', has_text='tracked')
+                expect(row).to_be_visible()
+                cells = [c.strip() for c in row.locator('tb-data-table-content-cell').all_inner_texts()]
+                assert f"{float(history[-1][name]):.4f}".rstrip('0').rstrip('.') in cells and str(len(history)) in cells, (name, cells)
+            page.wait_for_timeout(3000)   # the curves are drawn on a canvas, off the page's text: a moment for the screenshot
+            page.screenshot(path=str(shots/'tracking_tensorboard.png'), full_page=True)
+        finally: browser.close()
 
 def _wait_for_first_epoch(proc, run:Path):
     deadline = time.time() + 600
