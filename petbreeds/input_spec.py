@@ -195,7 +195,7 @@ def prepare_image(img:Image.Image, # Decoded or only opened, in any mode: it is 
                   spec:InputSpec, # The model's input spec
                   exact:bool=True # False: in one pass, within one 8-bit level of the exact result and faster (below)
                  ) -> np.ndarray:
-    "A 3 x `spec.size` x `spec.size` float32 array of `img`, as fastai's validation transforms make it (to about 1e-6)"
+    "A 3 x `spec.size` x `spec.size` float32 array of `img`, as fastai's validation transforms make it: to about 1e-6, or within one 8-bit level with `exact=False`"
     if not exact: return _prepare_one_pass(img, spec)
     x = np.asarray(spec.item(img))                                            # rows x columns x channels, 8-bit
     if spec.size != spec.item_side:
