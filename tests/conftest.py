@@ -11,6 +11,12 @@ sys.path.insert(0, str(TESTS))
 import offline  # noqa: E402
 
 offline.install()
+# Two test files at a time (`pytest -n 2`): each worker, and every process it starts, gets its share of the cores, as
+# nbdev_test's notebooks do (`petbreeds.core`): torch's threads, more of them than cores, spin and wait on each other
+_WORKERS = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1'))
+if _WORKERS > 1 and 'OMP_NUM_THREADS' not in os.environ:
+    os.environ['OMP_NUM_THREADS'] = str(max(1, len(os.sched_getaffinity(0)) // _WORKERS))
+    if 'torch' in sys.modules: sys.modules['torch'].set_num_threads(int(os.environ['OMP_NUM_THREADS']))
 # One cache of exported ONNX files and compiled OpenVINO models for the whole session (`petbreeds.inference.cache_folder`): each test
 # has its own PETBREEDS_HOME, but the same model file needs exporting only once
 _OWN_CACHE = None if os.environ.get('PETBREEDS_CACHE') else tempfile.mkdtemp(prefix='petbreeds-test-cache-')
