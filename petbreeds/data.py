@@ -100,8 +100,9 @@ def _safe_extraction():
 def get_pets(dest:str|Path=None, # Where archives and data go (default: `data_home()`)
              url:str=None # The archive's URL (default: `$PETBREEDS_PETS_URL`, else fastai's `URLs.PETS`)
             ) -> Path:
-    "Download and unpack Oxford-IIIT Pet once, with fastai's `untar_data`; return its `images/` folder"
-    url, home = _pets_url(url), Path(dest) if dest else data_home()
+    "Download and unpack Oxford-IIIT Pet once, with fastai's `untar_data`; return its `images/` folder (under `dest` as given)"
+    given = Path(dest).expanduser() if dest else None
+    url, home = _pets_url(url), given.resolve() if given else data_home()   # resolved: fastai reads a relative path as under ~/.fastai
     archive_dir = home/'archive'
     archive = archive_dir/url.split('?')[0].rstrip('/').rsplit('/', 1)[-1]
     def discard_archive():
@@ -135,7 +136,8 @@ def get_pets(dest:str|Path=None, # Where archives and data go (default: `data_ho
         if 'corrupt' not in str(e): raise  # fastdownload's failed size-and-checksum test is a bare Exception
         discard_archive()
         raise PetbreedsError(f"the archive from {url} failed fastai's size and checksum test; it was deleted", "run again to download it afresh") from None
-    return _check_pets_folder(Path(folder), url)
+    images = _check_pets_folder(Path(folder), url)
+    return given/images.relative_to(home) if given is not None and images.is_relative_to(home) else images   # as the user named it
 
 # %% ../nbs/01_data.ipynb #f738551b
 IMAGE_EXTENSIONS = frozenset(e.lower() for e in image_extensions)   # fastai's: the suffixes get_image_files accepts

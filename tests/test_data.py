@@ -135,6 +135,16 @@ def test_download_command_prints_the_images_folder(served, tmp_path, subprocess_
         assert again.stdout == res.stdout and len(server.requests) == 1
     assert_one_line_error(petbreeds_cmd('download', '--dest', tmp_path/'offline', env=subprocess_env), "can't reach the Oxford-IIIT Pet archive")
 
+def test_a_relative_dest_is_under_the_working_directory(served, tmp_path, monkeypatch):
+    "`--dest data` means ./data: fastai's downloader alone reads a relative folder as under ~/.fastai"
+    monkeypatch.setenv('HOME', str(tmp_path/'home'))   # where a regression would write, kept inside the test's folder
+    monkeypatch.chdir(tmp_path)
+    with serve_folder(served) as server:
+        images = get_pets('data', url=server.url + 'oxford-iiit-pet.tgz')
+    assert images == Path('data/oxford-iiit-pet/images'), images   # as the user named it
+    assert len(list((tmp_path/'data'/'oxford-iiit-pet'/'images').glob('*.jpg'))) == 37 * 2
+    assert not (tmp_path/'home'/'.fastai'/'data'/'oxford-iiit-pet').exists()
+
 # ---- hostile archives: nothing may be written outside the destination -------------------------------------
 
 def _hostile_archive(path, kind, target):
