@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['MAX_NAMED', 'Evaluation', 'evaluate', 'confusion_matrix', 'most_confused', 'per_class_table', 'species_error',
            'reliability', 'expected_calibration_error', 'plot_confusion', 'plot_reliability', 'top_loss_indices',
-           'top_loss_cams', 'plot_top_losses', 'summarise', 'per_class_file', 'write_evaluation', 'suspect_indices',
-           'suspect_rows', 'plot_suspects', 'write_suspects', 'write_report']
+           'top_loss_cams', 'plot_top_losses', 'overlapping_text', 'summarise', 'per_class_file', 'write_evaluation',
+           'suspect_indices', 'suspect_rows', 'plot_suspects', 'write_suspects', 'write_report']
 
 # %% ../nbs/03a_interpret.ipynb #38d77b26
 import csv
@@ -199,7 +199,7 @@ def plot_top_losses(ev:Evaluation, k:int=9,
     idx = top_loss_indices(ev, k)
     k = len(idx)
     cols = min(3, k); rows = math.ceil(k / cols)
-    fig, axs = plt.subplots(rows, cols, figsize=(3.3 * cols, 3.6 * rows), squeeze=False)
+    fig, axs = plt.subplots(rows, cols, figsize=(3.3 * cols, 3.9 * rows), squeeze=False, layout='constrained')   # constrained: room for every title
     for ax in axs.flat: ax.axis('off')
     for n, (ax, i) in enumerate(zip(axs.flat, idx)):
         with Image.open(ev.items[i]) as im: item = spec.item(im)
@@ -210,8 +210,31 @@ def plot_top_losses(ev:Evaluation, k:int=9,
         ax.set_title(f"{_plain(ev.vocab[p])} / {_plain(ev.vocab[t])}\nloss {ev.losses[i]:.2f}, p(actual) {ev.probs[i, t]:.2f}", fontsize=9,
                      color='firebrick' if p != t else 'black')
     fig.suptitle('top losses: predicted / actual' + ('\nheatmap: where the model looked for what it predicted (Grad-CAM)' if cams is not None else ''), fontsize=11)
-    fig.tight_layout()
     return fig
+
+# %% ../nbs/03a_interpret.ipynb #68faba66
+def _text_boxes(fig, renderer) -> list:
+    "(name, box in pixels) of every title, axis label and tick label `fig` draws, and of its suptitle"
+    texts = [('suptitle', fig._suptitle)] if fig._suptitle is not None else []
+    for n, ax in enumerate(fig.axes):
+        texts += [(f'axes {n} title', t) for t in (ax.title, ax._left_title, ax._right_title)]
+        if not ax.axison: continue   # axis('off'): no labels or ticks are drawn
+        for a, axis in (('x', ax.xaxis), ('y', ax.yaxis)):
+            lo, hi = sorted(axis.get_view_interval())
+            texts.append((f'axes {n} {a}label', axis.label))
+            texts += [(f'axes {n} {a}tick {t.get_text()!r}', t) for t, v in zip(axis.get_ticklabels(), axis.get_ticklocs()) if lo <= v <= hi]
+    return [(name, t.get_window_extent(renderer)) for name, t in texts if t.get_visible() and t.get_text().strip()]
+
+def overlapping_text(fig, slack:float=1.0 # Pixels two boxes may share before they count as overlapping
+                    ) -> list:
+    "Every pair (text, text or picture) that overlaps in the drawn `fig`: a title, label or tick label over another, or over a panel's picture"
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    canvas = fig.canvas if hasattr(fig.canvas, 'get_renderer') else FigureCanvasAgg(fig)   # a figure a notebook has shown keeps a bare canvas
+    canvas.draw(); renderer = canvas.get_renderer()
+    over = lambda a, b: min(a.x1, b.x1) - max(a.x0, b.x0) > slack and min(a.y1, b.y1) - max(a.y0, b.y0) > slack
+    texts = _text_boxes(fig, renderer)
+    images = [(f'axes {n} picture', ax.images[0].get_window_extent(renderer)) for n, ax in enumerate(fig.axes) if ax.images]
+    return [(a, b) for i, (a, box) in enumerate(texts) for b, other in texts[i + 1:] + images if over(box, other)]
 
 # %% ../nbs/03a_interpret.ipynb #337b8107
 def summarise(ev:Evaluation, ev_tta:Evaluation=None, top:int=5) -> dict:
@@ -239,9 +262,9 @@ def write_evaluation(folder:str|Path, ev:Evaluation, ev_tta:Evaluation=None, spe
     for name, make in (('confusion.png', lambda: plot_confusion(ev)), ('calibration.png', lambda: plot_reliability(ev)),
                        ('top_losses.png', lambda: plot_top_losses(ev, 9, spec, cams))):
         if name == 'top_losses.png' and not ev.items: continue
-        fig = make()
         with warnings.catch_warnings():
             warnings.filterwarnings('ignore', message='Glyph .* missing from font')   # a name in a script the plot's font lacks: boxes, said once here
+            fig = make()   # laying the figure out draws its text already
             fig.savefig(folder/name, dpi=100)
         plt.close(fig)
     rows = per_class_table(ev)
