@@ -6,10 +6,13 @@
 __all__ = ['BACKENDS', 'PRECISIONS', 'have_openvino', 'cache_folder', 'openvino_precision', 'Predictor']
 
 # %% ../nbs/04_inference.ipynb #7fe5f852
+import collections
 import hashlib
 import importlib.util
+import itertools
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -202,19 +205,41 @@ class Predictor:
             res.update(species=best, species_probability=round(by_species[best], 6))
         return res
 
+    def _prepared(self, images:list, workers:int, ahead:int):
+        "Each image's array, or the `PetbreedsError` reading it raised, in order; with `workers` > 1, threads prepare up to `ahead` images ahead of the caller"
+        def one(src):
+            try: return self.prepare(src)
+            except PetbreedsError as e: return e
+        if workers <= 1 or len(images) < 2: yield from map(one, images); return
+        pool, queued, rest = ThreadPoolExecutor(workers, thread_name_prefix='petbreeds-prepare'), collections.deque(), iter(images)
+        try:
+            for src in itertools.islice(rest, ahead): queued.append(pool.submit(one, src))
+            while queued:
+                got = queued.popleft().result()
+                for src in itertools.islice(rest, 1): queued.append(pool.submit(one, src))
+                yield got
+        finally: pool.shutdown(wait=True, cancel_futures=True)   # stopped early (an error raised): drop what wasn't started
+
     def predict(self, images:list, # Paths, bytes or PIL images
                 top_k:int=3, tta:bool=False, batch_size:int=32,
-                errors:str='raise' # 'raise' stops at an unreadable image; 'keep' reports it and goes on
+                errors:str='raise', # 'raise' stops at an unreadable image; 'keep' reports it and goes on
+                workers:int=None # Threads that open and prepare images while the model runs (None: one per core; 1: one at a time, in this thread)
                ) -> list:
         "For each image: its top-k classes with probabilities, and its species"
         if not 1 <= top_k: raise PetbreedsError(f"top_k must be at least 1, got {top_k}", "pass e.g. --top-k 3")
         top_k = min(top_k, len(self.vocab))
         if not isinstance(images, (list, tuple)): images = [images]
-        arrays, results = [], []
-        for src in images:
-            try: arrays.append(self.prepare(src)); results.append(None)
-            except PetbreedsError as e:
-                if errors == 'raise': raise
-                results.append({'image': image_name(src), 'error': e.one_line()})
-        probs = iter(self.probabilities(np.stack(arrays) if arrays else np.zeros((0, 3, self.size, self.size), np.float32), tta, batch_size))
-        return [r if r is not None else self._describe(image_name(src), next(probs), top_k) for src, r in zip(images, results)]
+        if workers is None: workers = _usable_cores()
+        results, batch, at = [None] * len(images), [], []
+        def run_batch():
+            for i, p in zip(at, self.probabilities(np.stack(batch), tta, batch_size)): results[i] = self._describe(image_name(images[i]), p, top_k)
+            batch.clear(); at.clear()
+        for i, got in enumerate(self._prepared(images, workers, ahead=2 * batch_size)):
+            if isinstance(got, PetbreedsError):
+                if errors == 'raise': raise got
+                results[i] = {'image': image_name(images[i]), 'error': got.one_line()}
+            else:
+                batch.append(got); at.append(i)
+                if len(batch) == batch_size: run_batch()   # while the threads prepare the next images
+        if batch: run_batch()
+        return results
