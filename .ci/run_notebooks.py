@@ -5,7 +5,7 @@
 Cells tagged `cuda` or `slow` are skipped unless named with --run, and `#| eval: false` ones always (a skipped cell keeps no output). After
 running, what a reader would only trip over is removed: fastprogress bars and the empty HTML they leave
 behind, and big figures are stored compactly (photo-like ones as JPEG, line art as a 128-colour PNG, none wider
-than 1000 pixels).
+than 1000 pixels), keeping the dpi the figure was drawn at.
 Then `nbdev_clean` tidies the metadata. nbdev_test checks the code; this stores what the code shows.
 """
 import argparse, base64, io, re, subprocess, sys, time
@@ -35,9 +35,14 @@ def _smaller_image(o):
     data = o.get('data', {})
     stored = data.get('image/png', data.get('image/jpeg'))
     if stored is None or len(stored) <= BIG_PNG: return
-    img = Image.open(io.BytesIO(base64.b64decode(stored))).convert('RGB')
-    if img.width > MAX_WIDTH: img = img.resize((MAX_WIDTH, round(img.height * MAX_WIDTH / img.width)), Image.LANCZOS)
+    img = Image.open(io.BytesIO(base64.b64decode(stored)))
+    dpi = img.info.get('dpi')   # matplotlib's PNG says the dpi it drew at (its pHYs chunk); kept, so tests/test_notebooks.py can check it
+    img = img.convert('RGB')
+    if img.width > MAX_WIDTH:
+        if dpi: dpi = tuple(d * MAX_WIDTH / img.width for d in dpi)   # the same figure in fewer pixels
+        img = img.resize((MAX_WIDTH, round(img.height * MAX_WIDTH / img.width)), Image.LANCZOS)
     def encoded(im, fmt, **kw):
+        if dpi: kw['dpi'] = tuple(round(d) for d in dpi)
         buf = io.BytesIO(); im.save(buf, fmt, optimize=True, **kw); return base64.b64encode(buf.getvalue()).decode()
     jpeg = encoded(img, 'JPEG', quality=75)
     line_art = encoded(img.quantize(128, method=Image.Quantize.MEDIANCUT), 'PNG')
