@@ -35,17 +35,6 @@ NOISE_PATTERNS = {   # the same, as regular expressions
 
 def load(nb:Path) -> dict: return json.loads(nb.read_text())
 
-STORED_BEFORE_THE_CHECK = {   # (test, notebook): why its stored outputs still fail it. Strict: once the notebook is re-run clean, the entry must go
-    ('test_no_noise_in_stored_outputs', '08_chapter.ipynb'): "cells 8, 14, 38, 136, 137 show the scratch folder's path: show `path` relative to `work`, predict from inside it",
-    **{('test_figures_drawn_at_72_dpi_or_more', nb): "its figures were stored compactly before .ci/run_notebooks.py kept their dpi: re-run it"
-       for nb in ('08_chapter.ipynb',)},
-}
-
-def each_notebook(test:str) -> list:
-    "NOTEBOOKS as parameters of `test`, those in STORED_BEFORE_THE_CHECK expected to fail it"
-    return [pytest.param(nb, marks=pytest.mark.xfail(strict=True, reason=STORED_BEFORE_THE_CHECK[test, nb.name]))
-            if (test, nb.name) in STORED_BEFORE_THE_CHECK else nb for nb in NOTEBOOKS]
-
 def outputs(nb:Path):
     "(cell index, output) for every stored output of `nb`"
     for i, c in enumerate(load(nb)['cells']):
@@ -85,7 +74,7 @@ def test_each_figure_is_small_and_stored_once():
             assert digest not in seen, f"{nb.name} cell {i} stores the same picture as {seen[digest]}"
             seen[digest] = f"{nb.name} cell {i}"
 
-@pytest.mark.parametrize('nb', each_notebook('test_no_noise_in_stored_outputs'), ids=lambda p: p.name)
+@pytest.mark.parametrize('nb', NOTEBOOKS, ids=lambda p: p.name)
 def test_no_noise_in_stored_outputs(nb):
     for i, o in outputs(nb):
         html = o.get('data', {}).get('text/html')
@@ -119,7 +108,7 @@ def is_figure(o:dict) -> bool:
     "Whether output `o` is a matplotlib figure (its text is `<Figure size ...>`), not a photo or a PIL image shown pixel for pixel"
     return output_text(o).startswith('<Figure size')
 
-@pytest.mark.parametrize('nb', each_notebook('test_figures_drawn_at_72_dpi_or_more'), ids=lambda p: p.name)
+@pytest.mark.parametrize('nb', NOTEBOOKS, ids=lambda p: p.name)
 def test_figures_drawn_at_72_dpi_or_more(nb):
     "matplotlib writes the dpi it drew at into its PNG; .ci/run_notebooks.py keeps it when it stores a figure compactly (JPEG or fewer colours)"
     for i, o in outputs(nb):
