@@ -301,16 +301,15 @@ def plot_suspects(ev:Evaluation, n:int=12, spec:InputSpec=None, cols:int=4):
     idx = suspect_indices(ev, n)
     if not len(idx) or not ev.items: raise PetbreedsError("there are no images to show", "evaluate a folder of labelled images")
     cols = min(cols, len(idx)); rows = math.ceil(len(idx) / cols)
-    fig, axs = plt.subplots(rows, cols, figsize=(2.8 * cols, 3.1 * rows), squeeze=False)
+    fig, axs = plt.subplots(rows, cols, figsize=(2.8 * cols, 3.1 * rows), squeeze=False, layout='constrained')   # constrained: room for the sheet's title above the panels' three-line titles
     for ax in axs.flat: ax.axis('off')
     for ax, i in zip(axs.flat, idx):
         with Image.open(ev.items[i]) as im: ax.imshow(spec.item(im))
         t, p = ev.targets[i], ev.preds[i]
         ax.set_title(f"{Path(ev.items[i]).parent.name}/{Path(ev.items[i]).name}\ngiven: {ev.vocab[t]} ({ev.probs[i, t]:.2f})\nmodel: {ev.vocab[p]} ({ev.probs[i, p]:.2f})", fontsize=8)
-    fig.suptitle('suspect labels: the model finds the given label least likely', fontsize=10, y=1.0)
+    fig.suptitle('suspect labels: the model finds the given label least likely', fontsize=10)
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', message='Glyph')   # a class name in a script the font lacks: shown as boxes, not warned about
-        fig.tight_layout()
         fig.canvas.draw()
     return fig
 
