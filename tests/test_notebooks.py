@@ -35,6 +35,10 @@ NOISE_PATTERNS = {   # the same, as regular expressions
 
 def load(nb:Path) -> dict: return json.loads(nb.read_text())
 
+def joined(value) -> str:
+    "A stored output field as one string: nbformat keeps text as a list of lines or as one string"
+    return ''.join(value) if isinstance(value, list) else value
+
 def outputs(nb:Path):
     "(cell index, output) for every stored output of `nb`"
     for i, c in enumerate(load(nb)['cells']):
@@ -44,7 +48,7 @@ def output_text(o:dict) -> str:
     "The text a reader sees in output `o` (streams and plain/html/markdown results; not images)"
     if 'text' in o: return ''.join(o['text'])
     data = o.get('data', {})
-    return ''.join(''.join(data[k]) if isinstance(data[k], list) else str(data[k]) for k in ('text/plain', 'text/html', 'text/markdown') if k in data)
+    return ''.join(str(joined(data[k])) for k in ('text/plain', 'text/html', 'text/markdown') if k in data)
 
 def shown_text(o:dict) -> str:
     "The text a reader sees in output `o`: a front-end shows a picture or HTML instead of the plain text beside it"
@@ -68,7 +72,7 @@ def test_each_figure_is_small_and_stored_once():
             data = o.get('data', {})
             png = data.get('image/png', data.get('image/jpeg'))
             if png is None: continue
-            png = ''.join(png) if isinstance(png, list) else png
+            png = joined(png)
             assert len(png) <= FIGURE_LIMIT, f"{nb.name} cell {i}: a {len(png):,}-byte figure (limit {FIGURE_LIMIT:,}): smaller figsize or dpi"
             digest = hashlib.sha256(base64.b64decode(png)).hexdigest()
             assert digest not in seen, f"{nb.name} cell {i} stores the same picture as {seen[digest]}"
@@ -79,21 +83,21 @@ def test_no_noise_in_stored_outputs(nb):
     for i, o in outputs(nb):
         html = o.get('data', {}).get('text/html')
         if html is not None:
-            html = ''.join(html) if isinstance(html, list) else html
+            html = joined(html)
             assert '<progress' not in html, f"{nb.name} cell {i} stores a progress bar (.ci/run_notebooks.py drops them)"
             assert re.sub(r'<style>.*?</style>|<[^>]+>|\s', '', html, flags=re.S), f"{nb.name} cell {i} stores an empty HTML display"
-        text = output_text(o)
+        text, shown = output_text(o), shown_text(o)
         for needle, why in NOISE.items():
             assert needle not in text, f"{nb.name} cell {i} shows {needle!r}: {why}"
         for pattern, why in NOISE_PATTERNS.items():
-            found = re.search(pattern, shown_text(o))
+            found = re.search(pattern, shown)
             assert not found, f"{nb.name} cell {i} shows {found[0]!r}: {why}"
 
 def pictures(o:dict) -> dict:
     "The images stored in output `o`, by MIME type, opened with PIL"
     from PIL import Image
     data = o.get('data', {})
-    return {k: Image.open(io.BytesIO(base64.b64decode(''.join(v) if isinstance(v, list) else v))) for k, v in data.items() if k.startswith('image/')}
+    return {k: Image.open(io.BytesIO(base64.b64decode(joined(v)))) for k, v in data.items() if k.startswith('image/')}
 
 @pytest.mark.parametrize('nb', NOTEBOOKS, ids=lambda p: p.name)
 def test_no_output_stores_one_picture_twice(nb):
